@@ -1,0 +1,40 @@
+"""RecLoRA for Hugging Face PEFT: personalized low-rank adaptation of LLMs for recommendation.
+
+Importing this package registers the ``RECLORA`` method with PEFT, after which PEFT's own API works with it:
+
+    >>> import peft_reclora
+    >>> from peft import get_peft_model
+    >>> model = get_peft_model(base_model, peft_reclora.RecLoraConfig(crm_dim=256))
+    >>> out = model(input_ids=ids, attention_mask=mask, crm_embeds=crm)  # crm: (batch, 256)
+"""
+
+__version__ = "0.1.0"
+
+from .peft_type import ensure_reclora_peft_type
+
+ensure_reclora_peft_type()
+
+from .config import RecLoraConfig  # noqa: E402
+from .export import export_personalized_lora, personalized_lora_weights  # noqa: E402
+from .gate import RecLoraGate  # noqa: E402
+from .hub import install_hub_hooks, reclora_card_section  # noqa: E402
+from .layer import Linear, RecLoraLayer  # noqa: E402
+from .model import RecLoraModel  # noqa: E402
+from .ops import meta_lora  # noqa: E402
+from .registration import register  # noqa: E402
+
+register()
+install_hub_hooks()
+
+__all__ = [
+    "Linear",
+    "RecLoraConfig",
+    "RecLoraGate",
+    "RecLoraLayer",
+    "RecLoraModel",
+    "export_personalized_lora",
+    "meta_lora",
+    "personalized_lora_weights",
+    "reclora_card_section",
+    "register",
+]

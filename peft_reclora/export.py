@@ -1,0 +1,96 @@
+"""Fold one user's gate into a standard PEFT LoRA adapter, servable by any LoRA server without this package.
+
+For a fixed CRM vector the gate is a constant alpha, and the RecLoRA update of each layer becomes an ordinary low-rank
+update:
+
+- ``mixing="output"``: s * sum_k alpha_k B_k A_k = B_cat diag(s * expand(alpha)) A_cat, a LoRA of rank N_m * r with
+  lora_A = A_cat and lora_B = B_cat scaled column-wise by s * alpha of the column's meta-LoRA;
+- ``mixing="weights"``: s * (sum_k alpha_k B_k)(sum_k alpha_k A_k), a LoRA of rank r.
+
+The exported config uses lora_alpha = rank (scaling 1), since s is already folded into lora_B.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import save_file
+
+from .crm_context import validate_crm_embeds
+
+if TYPE_CHECKING:
+    from .model import RecLoraModel
+
+
+@torch.no_grad()
+def personalized_lora_weights(tuner: "RecLoraModel", crm_embeds: torch.Tensor, adapter_name: str = "default"):
+    """Per adapted module (name relative to the wrapped model): (lora_A (rank, d_in), lora_B (d_out, rank)), fp32."""
+    if adapter_name not in tuner.peft_config:
+        raise ValueError(f"Adapter {adapter_name} does not exist")
+    if isinstance(crm_embeds, torch.Tensor) and crm_embeds.dim() == 1:
+        crm_embeds = crm_embeds.unsqueeze(0)
+    crm_embeds = validate_crm_embeds(crm_embeds)
+    if crm_embeds.shape[0] != 1:
+        raise ValueError(
+            f"`crm_embeds` must hold one user, shape (crm_dim,) or (1, crm_dim), got {tuple(crm_embeds.shape)}"
+        )
+    config = tuner.peft_config[adapter_name]
+    if crm_embeds.shape[1] != config.crm_dim:
+        raise ValueError(f"`crm_embeds` has width {crm_embeds.shape[1]}, expected crm_dim={config.crm_dim}")
+
+    weights = {}
+    for name, layer in tuner.reclora_layers(adapter_name).items():
+        gate = layer.gate_module(adapter_name)
+        was_training = gate.training
+        gate.eval()
+        alpha = gate(crm_embeds)[0].float()
+        gate.train(was_training)
+        num, rank = layer.num_meta_loras[adapter_name], layer.r[adapter_name]
+        scaling = layer.scaling[adapter_name]
+        A = layer.reclora_A[adapter_name].float()
+        B = layer.reclora_B[adapter_name].float()
+        if layer.mixing[adapter_name] == "output":
+            column_scale = (scaling * alpha).repeat_interleave(rank)
+            weights[name] = (A.clone(), B * column_scale.to(B.device)[None, :])
+        else:
+            alpha = alpha.to(A.device)
+            mixed_A = (alpha[:, None, None] * A.view(num, rank, -1)).sum(0)
+            mixed_B = scaling * (B.view(B.shape[0], num, rank) * alpha[None, :, None]).sum(1)
+            weights[name] = (mixed_A, mixed_B)
+    return weights
+
+
+def export_personalized_lora(
+    tuner: "RecLoraModel", crm_embeds: torch.Tensor, save_directory: str, adapter_name: str = "default"
+) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` of a plain LoRA equal to this user's RecLoRA.
+
+    The result loads with ``peft.PeftModel.from_pretrained(base_model, save_directory)`` alone and reproduces the
+    RecLoRA model's outputs for that user.
+    """
+    from peft import LoraConfig
+
+    config = tuner.peft_config[adapter_name]
+    weights = personalized_lora_weights(tuner, crm_embeds, adapter_name)
+    if not weights:
+        raise ValueError(f"Adapter '{adapter_name}' has no adapted modules to export")
+    rank = next(iter(weights.values()))[0].shape[0]
+    lora_config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=sorted(weights),
+        task_type=config.task_type,
+        base_model_name_or_path=config.base_model_name_or_path,
+        revision=config.revision,
+    )
+    os.makedirs(save_directory, exist_ok=True)
+    lora_config.save_pretrained(save_directory)
+    tensors = {}
+    for name, (lora_A, lora_B) in weights.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = lora_A.contiguous().cpu()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = lora_B.contiguous().cpu()
+    save_file(tensors, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})

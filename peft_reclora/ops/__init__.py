@@ -1,0 +1,110 @@
+"""The gate-weighted meta-LoRA computation: one entry point, several backends.
+
+``meta_lora`` computes, for x of shape (batch, ..., d_in) and a per-sample gate of shape (batch, N),
+
+    delta = s * sum_k gate[:, k] * (x A_k^T) B_k^T          (mixing="output", the paper)
+    delta = s * x (sum_k gate[:, k] A_k)^T (sum_k gate[:, k] B_k)^T   (mixing="weights", the published code)
+
+from the concatenated banks lora_A (N*r, d_in) and lora_B (d_out, N*r), optionally fused with the frozen base layer.
+
+Backends:
+- ``"reference"``: per-expert Python loop, the test oracle (slow);
+- ``"torch"``: fused PyTorch autograd Function (two GEMMs, any device);
+- ``"triton"``: custom GPU kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1`` for tests);
+- ``"auto"`` (default): Triton on CUDA when available, else fused PyTorch.
+The ``PEFT_RECLORA_BACKEND`` environment variable overrides ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .reference import meta_lora_reference
+from .shapes import MIXING_MODES, check_meta_lora_shapes
+from .torch_fused import meta_lora_torch
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+BACKEND_ENV_VAR = "PEFT_RECLORA_BACKEND"
+
+__all__ = ["BACKENDS", "MIXING_MODES", "meta_lora", "meta_lora_reference", "meta_lora_torch", "resolve_backend"]
+
+
+def triton_available() -> bool:
+    try:
+        from . import triton_kernels  # noqa: F401
+    except ImportError:
+        return False
+    return triton_kernels.is_available()
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """Turn ``None``/``"auto"`` (or the environment override) into a concrete backend for tensors on ``device``."""
+    requested = backend or "auto"
+    if requested == "auto":
+        requested = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
+    if requested not in BACKENDS:
+        raise ValueError(f"Unknown meta-LoRA backend {requested!r}; choose one of {BACKENDS}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "torch"
+
+
+def meta_lora(
+    x: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    gate: torch.Tensor,
+    scaling: float,
+    num_meta_loras: int,
+    *,
+    mixing: str = "output",
+    base_weight: Optional[torch.Tensor] = None,
+    base_bias: Optional[torch.Tensor] = None,
+    base_output: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Gate-weighted meta-LoRA.
+
+    Args:
+        x: input, (batch, ..., d_in); every row of sample b uses gate[b].
+        lora_A: concatenated down-projections, (num_meta_loras * r, d_in).
+        lora_B: concatenated up-projections, (d_out, num_meta_loras * r).
+        gate: per-sample mixing weights, (batch, num_meta_loras).
+        scaling: lora_alpha / r.
+        mixing: ``"output"`` or ``"weights"`` (see the module docstring).
+        base_weight, base_bias: the frozen ``nn.Linear`` weight (d_out, d_in) and bias; when given, the result is the
+            full layer output x W^T + b + delta (adapter first, base accumulated into it).
+        base_output: an already computed base output (quantized or opaque base); the result is base_output + delta and
+            may reuse its storage when no gradient is recorded.
+        backend: see the module docstring.
+
+    Returns:
+        The delta, or the full layer output when a base is given, with x's leading shape and dtype.
+    """
+    check_meta_lora_shapes(x, lora_A, lora_B, gate, num_meta_loras)
+    if mixing not in MIXING_MODES:
+        raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
+    if base_weight is not None and base_output is not None:
+        raise ValueError("Pass either base_weight (fused base) or base_output (post-hoc add), not both")
+    chosen = resolve_backend(backend, x.device)
+    if chosen == "triton":
+        from .triton_kernels import meta_lora_triton
+
+        return meta_lora_triton(
+            x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output
+        )
+    if chosen == "reference":
+        delta = meta_lora_reference(
+            x, lora_A.to(x.dtype), lora_B.to(x.dtype), gate.to(x.dtype), scaling, num_meta_loras, mixing
+        )
+        if base_weight is not None:
+            return torch.nn.functional.linear(x, base_weight.to(x.dtype), None if base_bias is None else base_bias.to(x.dtype)) + delta
+        if base_output is not None:
+            return base_output + delta
+        return delta
+    return meta_lora_torch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output)

@@ -1,0 +1,214 @@
+"""Saving, loading, publishing and per-user export of RecLoRA adapters."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
+
+import peft_reclora
+from peft_reclora import RecLoraConfig
+
+from conftest import make_tiny_llama, reclora_config
+
+
+def _trained(config=None, seed=0):
+    model = get_peft_model(make_tiny_llama(), config or reclora_config(), autocast_adapter_dtype=True)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "reclora_" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
+def test_save_writes_only_reclora_weights_and_reload_is_identical(tmp_path, batch, gate_sharing):
+    model = _trained(reclora_config(gate_sharing=gate_sharing))
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    assert tensors and all("reclora_" in key for key in tensors)
+    assert not any(".default." in key or key.endswith(".default") for key in tensors)
+    gate_keys = [key for key in tensors if "reclora_gate" in key]
+    assert len(gate_keys) == (6 if gate_sharing == "shared" else 6 * 4)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "reclora_" in n)
+    assert sum(t.numel() for t in tensors.values()) == n_params
+
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path)
+    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in loaded.parameters()), "loaded adapters are in inference mode"
+    trainable = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, is_trainable=True)
+    names = {n for n, p in trainable.named_parameters() if p.requires_grad}
+    assert any("reclora_gate" in n for n in names) and any("reclora_A" in n for n in names)
+
+
+def test_load_under_another_name_and_load_adapter(tmp_path, batch):
+    model = _trained()
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    renamed = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, adapter_name="user_model")
+    torch.testing.assert_close(renamed(**batch).logits, expected, rtol=0, atol=0)
+
+    other = _trained(seed=1)
+    other_logits = other(**batch).logits
+    other.save_pretrained(tmp_path / "other")
+    result = renamed.load_adapter(tmp_path / "other", adapter_name="other")
+    assert not result.missing_keys
+    renamed.set_adapter("other")
+    torch.testing.assert_close(renamed(**batch).logits, other_logits, rtol=0, atol=0)
+    renamed.set_adapter("user_model")
+    torch.testing.assert_close(renamed(**batch).logits, expected, rtol=0, atol=0)
+
+
+def test_low_cpu_mem_usage_load(tmp_path, batch):
+    model = _trained()
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, low_cpu_mem_usage=True)
+    assert not any(p.device.type == "meta" for p in loaded.parameters())
+    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=0)
+
+
+def test_peft_config_and_auto_peft_model(tmp_path, batch):
+    base_dir = tmp_path / "base"
+    make_tiny_llama().save_pretrained(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), reclora_config())
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path / "adapter")
+    config = PeftConfig.from_pretrained(tmp_path / "adapter")
+    assert isinstance(config, RecLoraConfig) and config.base_model_name_or_path == str(base_dir)
+    auto = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    torch.testing.assert_close(auto(**batch).logits, expected, rtol=0, atol=0)
+
+
+def _rewrite_config(path, **changes):
+    config_path = path / "adapter_config.json"
+    raw = json.loads(config_path.read_text())
+    raw.update(changes)
+    config_path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [({"num_meta_loras": 8}, "num_meta_loras"), ({"r": 4}, "num_meta_loras \\* r"), ({"crm_dim": 9}, "crm_dim")],
+)
+def test_mismatched_adapter_files_raise(tmp_path, changes, fragment):
+    _trained().save_pretrained(tmp_path)
+    _rewrite_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=fragment) as info:
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path)
+    assert "do not match" in str(info.value)
+
+
+def test_missing_keys_raise(tmp_path):
+    _trained().save_pretrained(tmp_path)
+    weights_path = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(weights_path)
+    dropped = next(key for key in tensors if "reclora_gate" in key)
+    del tensors[dropped]
+    save_file(tensors, weights_path)
+    with pytest.raises(ValueError, match="missing key"):
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path)
+    model = get_peft_model(make_tiny_llama(), reclora_config())
+    with pytest.raises(ValueError, match="missing key"):
+        model.load_adapter(tmp_path, adapter_name="broken")
+
+
+def test_push_to_hub_uploads_a_loadable_adapter_with_a_reclora_card(tmp_path, monkeypatch, batch):
+    """The upload is intercepted at the huggingface_hub API boundary; what would have been uploaded is loaded back."""
+    import huggingface_hub
+
+    uploaded = tmp_path / "uploaded"
+    calls = {}
+
+    def create_repo(self, repo_id, *, private=None, token=None, exist_ok=False, **kwargs):
+        calls["create_repo"] = {"repo_id": repo_id, "private": private}
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        calls["create_branch"] = branch
+
+    def upload_folder(self, *, repo_id, folder_path, revision=None, commit_message=None, **kwargs):
+        import shutil
+
+        shutil.copytree(folder_path, uploaded)
+        calls["upload_folder"] = {"repo_id": repo_id, "revision": revision, "message": commit_message}
+        return "https://huggingface.co/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+
+    model = _trained()
+    expected = model(**batch).logits
+    model.push_to_hub("someone/reclora-tiny", private=True, revision="v1", tags=["movies"])
+    assert calls["create_repo"] == {"repo_id": "someone/reclora-tiny", "private": True}
+    assert calls["create_branch"] == "v1" and calls["upload_folder"]["revision"] == "v1"
+
+    card = huggingface_hub.ModelCard.load(uploaded / "README.md")
+    assert card.data.library_name == "peft"
+    assert {"reclora", "recommendation", "movies"} <= set(card.data.tags)
+    text = card.text
+    assert "import peft_reclora" in text and "someone/reclora-tiny" in text
+    assert "| default | 4 | 2 | 4 | 6 |" in text  # N_m, r, lora_alpha, crm_dim
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), uploaded)
+    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mixing", ["output", "weights"])
+@pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
+def test_export_personalized_lora_loads_in_plain_peft_with_the_same_outputs(tmp_path, mixing, gate_sharing):
+    base_dir = tmp_path / "base"
+    make_tiny_llama().save_pretrained(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), reclora_config(mixing=mixing, gate_sharing=gate_sharing)
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "reclora_B" in name:
+                param.normal_(std=0.2)
+    user = torch.randn(1, 6)
+    input_ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(3))
+    expected = model(input_ids=input_ids, crm_embeds=user.expand(2, -1)).logits
+    model.base_model.export_personalized_lora(user, tmp_path / "lora")
+    torch.save({"input_ids": input_ids, "expected": expected}, tmp_path / "check.pt")
+
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    assert config["r"] == (4 * 2 if mixing == "output" else 2)
+
+    # A fresh interpreter that never imports peft_reclora.
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from transformers import AutoModelForCausalLM
+        from peft import PeftModel
+        base = AutoModelForCausalLM.from_pretrained({str(base_dir)!r})
+        model = PeftModel.from_pretrained(base, {str(tmp_path / 'lora')!r})
+        check = torch.load({str(tmp_path / 'check.pt')!r})
+        logits = model(input_ids=check["input_ids"]).logits
+        assert "peft_reclora" not in sys.modules
+        torch.testing.assert_close(logits, check["expected"], rtol=1e-4, atol=1e-5)
+        print("OK")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")
+
+
+def test_export_refuses_more_than_one_user(tmp_path):
+    model = _trained()
+    with pytest.raises(ValueError, match="one user"):
+        model.base_model.export_personalized_lora(torch.randn(2, 6), tmp_path)
