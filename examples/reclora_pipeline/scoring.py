@@ -1,0 +1,65 @@
+"""P(Yes) scoring: softmax over the Yes/No logits at the answer position (paper, Eq. 16), batched, last position only.
+
+Prompts are tokenized once, sorted by length so that each batch carries little padding, left-padded so that the answer
+position is the last column, and run with ``logits_to_keep=1`` (the LM head is a large share of a small model's cost).
+Scores come back in the input order.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def tokenize_prompts(tokenizer, texts: Sequence[str], max_length: Optional[int] = None) -> list[list[int]]:
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
+    return encoded["input_ids"]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+            mask[row, width - len(sequence):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def score_yes_probability(
+    model,
+    token_ids: Sequence[Sequence[int]],
+    yes_id: int,
+    no_id: int,
+    pad_id: int,
+    crm_embeds: Optional[torch.Tensor] = None,
+    batch_size: int = 8,
+    desc: str = "scoring",
+    progress: bool = True,
+) -> np.ndarray:
+    """P(Yes | prompt) for each tokenized prompt. ``crm_embeds`` (n, crm_dim) goes with the prompts row by row."""
+    if crm_embeds is not None and len(crm_embeds) != len(token_ids):
+        raise ValueError(f"crm_embeds has {len(crm_embeds)} rows for {len(token_ids)} prompts")
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+    scores = np.empty(len(token_ids), dtype=np.float64)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            ids, mask = left_pad([token_ids[i] for i in rows], pad_id)
+            kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "logits_to_keep": 1}
+            if crm_embeds is not None:
+                kwargs["crm_embeds"] = crm_embeds[torch.as_tensor(rows)].to(device)
+            logits = model(**kwargs).logits[:, -1]
+            pair = torch.stack([logits[:, no_id], logits[:, yes_id]], dim=-1).float()
+            scores[rows] = torch.softmax(pair, dim=-1)[:, 1].cpu().numpy()
+    finally:
+        model.train(was_training)
+    return scores

@@ -1,0 +1,107 @@
+"""Prompt templates, Yes/No scoring and run reports."""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from reclora_pipeline.metrics import auc, ctr_metrics, logloss, rel_impr
+from reclora_pipeline.prompts import PromptFormatter, PromptRecord, build_prompt
+from reclora_pipeline.report import ResultsBook, plot_gate_usage, plot_model_comparison
+from reclora_pipeline.scoring import left_pad, score_yes_probability
+
+from conftest import TINY_VOCAB, make_tiny_llama
+
+
+def test_movielens_prompt_matches_the_papers_figure_2():
+    record = PromptRecord(
+        sample_id=1,
+        target_title="Titanic (1997)",
+        history=[("Pump Up the Volume (1990)", 4), ("Antz (1998)", 4), ("Devil's Own, The (1997)", 5), ("Crying Game, The (1992)", 1)],
+        profile={"gender": "M", "occupation": "writer", "age": "35-45"},
+    )
+    text = build_prompt("ml-1m", record)
+    assert text.splitlines() == [
+        "The user is a male. His job is writer. His age is 35-45.",
+        "He watched the following movies in order in the past, and rated them:",
+        "['0. Pump Up the Volume (1990) (4 stars)', '1. Antz (1998) (4 stars)', \"2. Devil's Own, The (1997) (5 stars)\", '3. Crying Game, The (1992) (1 star)']",
+        "Based on the movies he has watched, deduce if he will like the movie ***Titanic (1997)***.",
+        "Note that more stars the user rated the movie, the user like the movie more.",
+        "You should ONLY tell me yes or no.",
+    ]
+
+
+def test_other_templates_and_ids_stay_out():
+    record = PromptRecord(sample_id=9, target_title="Dune", history=[("Emma", 3.5)], profile={"gender": "F", "user_id": "u77"})
+    books = build_prompt("goodreads", record)
+    assert "book ***Dune***" in books and "3.5 stars" in books and "u77" not in books
+    movies25 = build_prompt("ml-25m", record)
+    assert movies25.startswith("The user watched") and "female" not in movies25
+    with pytest.raises(ValueError, match="No prompt template"):
+        build_prompt("netflix", record)
+
+
+def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):
+    from reclora_pipeline.llm import load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    plain = PromptFormatter(tokenizer, "plain")
+    assert (plain.yes_id, plain.no_id) == (9230, 2838)  # ' Yes' / ' No' in SmolLM2's vocabulary
+    assert plain.format("Q").endswith("\nAnswer:")
+    chat = PromptFormatter(tokenizer, "chat")
+    assert (chat.yes_id, chat.no_id) == (10539, 5230)
+    assert chat.format("Q").rstrip().endswith("assistant")
+
+    class Splitting:
+        chat_template = None
+
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match="must be one"):
+        PromptFormatter(Splitting(), "plain")
+
+
+def test_scoring_matches_single_prompt_softmax_and_keeps_order():
+    model = make_tiny_llama()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, TINY_VOCAB, (n,), generator=g).tolist() for n in (5, 9, 3, 7, 6)]
+    scores = score_yes_probability(model, prompts, yes_id=5, no_id=6, pad_id=0, batch_size=2, progress=False)
+    for prompt, score in zip(prompts, scores):
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        expected = torch.softmax(torch.stack([logits[6], logits[5]]), 0)[1].item()
+        assert score == pytest.approx(expected, abs=1e-4)
+    ids, mask = left_pad([[4, 5], [6]], pad_id=0)
+    assert ids.tolist() == [[4, 5], [0, 6]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_metrics():
+    labels = np.array([0, 0, 1, 1])
+    assert auc(labels, [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert logloss([1, 0], [0.9, 0.2]) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
+    assert rel_impr(0.8462, 0.8379) == pytest.approx(0.8462 / 0.8379 - 1)
+    assert ctr_metrics(labels, [0.2, 0.2, 0.7, 0.9])["positive_rate"] == 0.5
+    with pytest.raises(ValueError, match="both"):
+        auc([1, 1], [0.2, 0.3])
+
+
+def test_results_book_writes_json_csv_markdown_and_plots(tmp_path):
+    rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"], "timestamp": [10, 20, 30], "label": [0, 1, 1]})
+    book = ResultsBook(tmp_path, reference="RecLoRA", metadata={"dataset": "toy"})
+    book.add("SIM", rows["label"], [0.2, 0.6, 0.7], kind="crm", rows=rows)
+    book.add("RecLoRA", rows["label"], [0.1, 0.8, 0.9], kind="llm", settings={"num_meta_loras": 4}, rows=rows)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dataset"] == "toy" and set(results["models"]) == {"SIM", "RecLoRA"}
+    assert results["models"]["SIM"]["rel_impr"] == pytest.approx(0.0)
+    with (tmp_path / "predictions" / "RecLoRA.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["user_id"] for r in table] == ["u1", "u2", "u3"] and table[1]["score"] == "0.800000"
+    assert "| RecLoRA | llm | 1.0000 |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="non-finite"):
+        book.add("Broken", rows["label"], [0.1, float("nan"), 0.3], kind="llm", rows=rows)
+    assert plot_model_comparison(results["models"], tmp_path / "plots" / "models.png").stat().st_size > 1000
+    alpha = np.random.default_rng(0).dirichlet(np.ones(4), size=20)
+    assert plot_gate_usage(alpha, tmp_path / "plots" / "gate.png").stat().st_size > 1000
