@@ -10,8 +10,10 @@ EPSILON = 1e-7
 
 def auc(labels, scores) -> float:
     labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("AUC needs both positive and negative labels")
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        seen = classes[0] if len(classes) else "-"
+        raise ValueError(f"AUC needs both labels (0 and 1), but every sample has label {seen}")
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
