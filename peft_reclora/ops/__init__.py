@@ -11,7 +11,9 @@ Backends:
 - ``"reference"``: per-expert Python loop, the test oracle (slow);
 - ``"torch"``: fused PyTorch autograd Function (two GEMMs, any device);
 - ``"triton"``: custom GPU kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1`` for tests);
-- ``"auto"`` (default): Triton on CUDA when available, else fused PyTorch.
+- ``"auto"`` (default): Triton for float16/bfloat16 tensors on CUDA when Triton is installed, else fused PyTorch
+  (float32 products would run on Triton's FMA path unless TF32 is allowed, slower than cuBLAS; on CPU the
+  interpreter is for tests only).
 The ``PEFT_RECLORA_BACKEND`` environment variable overrides ``"auto"``.
 """
 
@@ -29,7 +31,15 @@ from .torch_fused import meta_lora_torch
 BACKENDS = ("auto", "torch", "triton", "reference")
 BACKEND_ENV_VAR = "PEFT_RECLORA_BACKEND"
 
-__all__ = ["BACKENDS", "MIXING_MODES", "meta_lora", "meta_lora_reference", "meta_lora_torch", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "MIXING_MODES",
+    "check_base_shapes",
+    "meta_lora",
+    "meta_lora_reference",
+    "meta_lora_torch",
+    "resolve_backend",
+]
 
 
 def triton_available() -> bool:
@@ -40,18 +50,46 @@ def triton_available() -> bool:
     return triton_kernels.is_available()
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """Turn ``None``/``"auto"`` (or the environment override) into a concrete backend for tensors on ``device``."""
+AUTO_TRITON_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def resolve_backend(backend: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """Turn ``None``/``"auto"`` (or the environment override) into a concrete backend for ``dtype`` tensors on
+    ``device``."""
     requested = backend or "auto"
     if requested == "auto":
         requested = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
     if requested not in BACKENDS:
-        raise ValueError(f"Unknown meta-LoRA backend {requested!r}; choose one of {BACKENDS}")
+        source = f"the {BACKEND_ENV_VAR} environment variable" if requested != (backend or "auto") else "backend"
+        raise ValueError(f"Unknown meta-LoRA backend {requested!r} (from {source}); choose one of {BACKENDS}")
     if requested != "auto":
         return requested
-    if device.type == "cuda" and triton_available():
+    if device.type == "cuda" and (dtype is None or dtype in AUTO_TRITON_DTYPES) and triton_available():
         return "triton"
     return "torch"
+
+
+def check_base_shapes(
+    x: torch.Tensor,
+    d_out: int,
+    base_weight: Optional[torch.Tensor],
+    base_bias: Optional[torch.Tensor],
+    base_output: Optional[torch.Tensor],
+) -> None:
+    """Raise a ValueError naming the base tensor that does not fit x (..., d_in) and the adapter's d_out."""
+    if base_weight is not None and base_output is not None:
+        raise ValueError("Pass either base_weight (fused base) or base_output (post-hoc add), not both")
+    if base_bias is not None and base_weight is None:
+        raise ValueError("base_bias needs base_weight; with an opaque base, pass its full output as base_output")
+    if base_weight is not None and tuple(base_weight.shape) != (d_out, x.shape[-1]):
+        raise ValueError(f"base_weight must be (d_out, d_in) = {(d_out, x.shape[-1])}, got {tuple(base_weight.shape)}")
+    if base_bias is not None and tuple(base_bias.shape) != (d_out,):
+        raise ValueError(f"base_bias must be ({d_out},), got {tuple(base_bias.shape)}")
+    if base_output is not None and tuple(base_output.shape) != (*x.shape[:-1], d_out):
+        raise ValueError(
+            f"base_output must have x's leading shape and d_out features, {(*x.shape[:-1], d_out)}, "
+            f"got {tuple(base_output.shape)}"
+        )
 
 
 def meta_lora(
@@ -89,9 +127,8 @@ def meta_lora(
     check_meta_lora_shapes(x, lora_A, lora_B, gate, num_meta_loras)
     if mixing not in MIXING_MODES:
         raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
-    if base_weight is not None and base_output is not None:
-        raise ValueError("Pass either base_weight (fused base) or base_output (post-hoc add), not both")
-    chosen = resolve_backend(backend, x.device)
+    check_base_shapes(x, lora_B.shape[0], base_weight, base_bias, base_output)
+    chosen = resolve_backend(backend, x.device, x.dtype)
     if chosen == "triton":
         from .triton_kernels import meta_lora_triton
 

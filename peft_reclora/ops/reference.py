@@ -32,6 +32,8 @@ def meta_lora_reference(
         raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
     rank = lora_A.shape[0] // num_meta_loras
     batch = x.shape[0]
+    if batch == 0:  # nothing to loop over; keep the output shape (and autograd graph) of a real batch
+        return x.new_zeros(*x.shape[:-1], lora_B.shape[0]) + 0 * (lora_A.sum() + lora_B.sum() + gate.sum())
     x_rows = x.reshape(batch, -1, x.shape[-1])
     experts_A = [lora_A[k * rank : (k + 1) * rank] for k in range(num_meta_loras)]
     experts_B = [lora_B[:, k * rank : (k + 1) * rank] for k in range(num_meta_loras)]

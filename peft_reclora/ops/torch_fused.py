@@ -40,7 +40,8 @@ def _fused_forward(x, lora_A, lora_B, gate, base_weight, base_bias, base_output,
     gate4 = gate.to(compute_dtype).view(batch, 1, num_meta_loras, 1)
 
     S = x2 @ A.t()  # (T, N*r)
-    S_mixed = _mix(S.view(batch, -1, num_meta_loras, rank), gate4, scaling, mixing).reshape(S.shape)
+    rows = x2.shape[0] // batch if batch else 0  # explicit, so that an empty batch reshapes too
+    S_mixed = _mix(S.view(batch, rows, num_meta_loras, rank), gate4, scaling, mixing).reshape(S.shape)
     d_out = B.shape[0]
     if base_weight is not None:
         if base_bias is not None:
@@ -96,7 +97,7 @@ class MetaLoraFunction(torch.autograd.Function):
         rank = A.shape[0] // num_meta_loras
         dY = grad_out.reshape(-1, B.shape[0]).to(compute_dtype)
         gate4 = gate.to(compute_dtype).view(batch, 1, num_meta_loras, 1)
-        S4 = S.view(batch, -1, num_meta_loras, rank)
+        S4 = S.view(batch, x2.shape[0] // batch if batch else 0, num_meta_loras, rank)
 
         needs = ctx.needs_input_grad
         grad_x = grad_A = grad_B = grad_gate = grad_W = grad_bias = grad_base_out = None
