@@ -2,6 +2,9 @@
 
     reclora-pipeline data --dataset ml-100k --out runs/ml-100k/data
     reclora-pipeline retrieve --data runs/ml-100k/data [--model embedded] [--mode semantic|recent]
+    reclora-pipeline demo                     SIM vs LoRA vs RecLoRA on MovieLens-100K + SmolLM2-135M (CPU, minutes)
+    reclora-pipeline run --preset full        every comparison and study on the whole test split (a GPU)
+    reclora-pipeline push --run OUT --repo-id NAME   publish a RecLoRA recommender of a run
 
 Each subcommand is a function that adds its parser to the subparsers and is registered with ``@command``; its
 parser sets ``handler`` to the function that runs it and returns the exit status.
@@ -151,6 +154,106 @@ def write_histories_csv(dataset, result, path: Path) -> None:
         "long_item_ids": joined(result.long),
         "short_item_ids": joined(result.short),
     }).to_csv(path, index=False)
+
+
+# -- run / demo -------------------------------------------------------------------------------------------------------------
+def _int_list(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _name_list(text: str) -> tuple:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _add_run_options(parser, default_preset: str) -> None:
+    from .pipeline import LLM_MODEL_CHOICES
+
+    parser.add_argument("--preset", choices=("demo", "full"), default=default_preset,
+                        help="demo: SIM, LoRA r=8 and RecLoRA on a test subsample in minutes on a CPU; full: every "
+                             "comparison and study on the whole test split (a GPU)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<dataset>-<preset>)")
+    parser.add_argument("--dataset", default=None, help="ml-100k (default), ml-1m, ml-25m or goodreads")
+    parser.add_argument("--source", default=None, help="folder of the dataset's official files")
+    parser.add_argument("--base-model", default=None, help="'embedded' (SmolLM2-135M), a Hub id or a local folder")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--models", type=_name_list, default=None,
+                        help=f"comma-separated LLM models, from {', '.join(LLM_MODEL_CHOICES)} "
+                             "(lora: rank r; lora-same-params: rank num_meta_loras*r; ablations: RecLoRA without the "
+                             "long, the short and both retrievers)")
+    parser.add_argument("--crm", default=None, help="the CRM that feeds RecLoRA's gate (default sim)")
+    parser.add_argument("--crm-baselines", type=_name_list, default=None,
+                        help="comma-separated further CRMs: din, deepfm, dcnv2, autoint, gru4rec, sasrec")
+    parser.add_argument("--retrieval", choices=("semantic", "recent"), default=None)
+    parser.add_argument("--k-long", type=int, default=None)
+    parser.add_argument("--k-short", type=int, default=None)
+    parser.add_argument("--few-shot", type=int, default=None, help="few-shot training samples for the LLM")
+    parser.add_argument("--few-shot-seed", type=int, default=None)
+    parser.add_argument("--num-meta-loras", type=int, default=None)
+    parser.add_argument("--r", type=int, default=None, help="rank of each meta-LoRA (and of the LoRA baseline)")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    parser.add_argument("--crm-epochs", type=int, default=None)
+    parser.add_argument("--sweep-num-meta-loras", type=_int_list, default=None, metavar="N,N,...",
+                        help="extra RecLoRA runs for the AUC-vs-num_meta_loras plot")
+    parser.add_argument("--sweep-few-shot", type=_int_list, default=None, metavar="N,N,...",
+                        help="extra RecLoRA and LoRA runs for the sample-efficiency plot")
+    parser.add_argument("--test-samples", type=int, default=None,
+                        help="score a seeded subsample of the test split of this size (0: the whole split)")
+    parser.add_argument("--score-batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=run_run)
+
+
+@command
+def add_run_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="the whole pipeline: data, retrieval, CRMs, Few2Many tuning, scoring, table and plots",
+        description="Run every stage into one folder (reused when run again with the same settings) and print the "
+                    "comparison table. Flags override the preset.",
+    )
+    _add_run_options(parser, "full")
+
+
+@command
+def add_demo_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="the README's demo: MovieLens-100K + SmolLM2-135M, SIM vs LoRA vs RecLoRA on a CPU",
+        description="Equivalent to `run --preset demo`: about ten minutes on two CPU cores.",
+    )
+    _add_run_options(parser, "demo")
+
+
+def run_run(args) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    overrides = {name: getattr(args, name) for name in (
+        "dataset", "source", "base_model", "dtype", "models", "crm", "crm_baselines", "retrieval", "k_long", "k_short",
+        "few_shot", "few_shot_seed", "num_meta_loras", "r", "epochs", "learning_rate", "batch_size",
+        "gradient_checkpointing", "crm_epochs", "sweep_num_meta_loras", "sweep_few_shot", "score_batch_size", "seed",
+    )}
+    if args.test_samples:  # 0 means the whole test split, applied after the preset
+        overrides["test_samples"] = args.test_samples
+    dataset = args.dataset or "ml-100k"
+    out = args.out or Path("runs") / f"{dataset}-{args.preset}"
+    config = PipelineConfig.from_preset(args.preset, out=str(out), progress=not args.no_progress, **overrides)
+    if args.test_samples == 0:
+        config.test_samples = None
+    started = time.perf_counter()
+    run_pipeline(config)
+    print(f"\n{(out / 'results.md').read_text()}")
+    print(f"wrote {out}/results.json, results.md, predictions/, plots/ in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+# -- push ---------------------------------------------------------------------------------------------------------------------
+@command
+def add_push_command(subparsers) -> None:
+    from .publish import add_push_command as add_parser
+
+    add_parser(subparsers)
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------------

@@ -31,10 +31,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data.dataset import RecDataset
 from .data.history import recent_rows
+
+ITEM_VECTORS_NAME = "item_vectors.safetensors"
 
 logger = logging.getLogger(__name__)
 
@@ -461,6 +464,7 @@ class RetrievalResult:
     mode: str
     dataset_fingerprint: str
     metadata: dict = field(default_factory=dict)
+    item_vectors: Optional[np.ndarray] = None  # semantic mode: the (n_items, d) unit vectors that were compared
 
     def __post_init__(self):
         self.sample_id = np.asarray(self.sample_id, dtype=np.int64)
@@ -520,6 +524,9 @@ class RetrievalResult:
                 "k_short": self.k_short, "samples": len(self), "dataset_fingerprint": self.dataset_fingerprint,
                 "metadata": self.metadata}
         np.savez(directory / "retrieval.npz", sample_id=self.sample_id, long=self.long, short=self.short)
+        if self.item_vectors is not None:
+            save_file({"item_vectors": torch.as_tensor(np.ascontiguousarray(self.item_vectors))},
+                      str(directory / ITEM_VECTORS_NAME))
         (directory / "retrieval.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
@@ -535,6 +542,8 @@ class RetrievalResult:
         with np.load(directory / "retrieval.npz", allow_pickle=False) as arrays:
             result = cls(arrays["sample_id"], arrays["long"], arrays["short"], meta["mode"],
                          meta["dataset_fingerprint"], meta.get("metadata", {}))
+        if (directory / ITEM_VECTORS_NAME).is_file():
+            result.item_vectors = load_file(str(directory / ITEM_VECTORS_NAME))["item_vectors"].numpy()
         result._check(dataset)
         return result
 
@@ -583,4 +592,5 @@ def retrieve(
             device=device, block_elements=config.block_elements, progress=config.progress,
         )
         metadata["retrieval_seconds"] = time.perf_counter() - started
-    return RetrievalResult(ids, long, short, config.mode, dataset.fingerprint, metadata)
+    item_vectors = None if config.mode == "recent" else np.asarray(vectors)
+    return RetrievalResult(ids, long, short, config.mode, dataset.fingerprint, metadata, item_vectors)

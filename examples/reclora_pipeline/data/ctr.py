@@ -78,6 +78,51 @@ class FieldVocabulary:
             "vocab_size": self.vocab_size,
         }
 
+    def to_json(self) -> dict:
+        """Every value of every field, the offsets and the rating values: what rebuilds this exact token layout
+        without the dataset (``to_dict`` keeps only the sizes)."""
+        return {
+            "field_names": list(self.field_names),
+            "values": {name: list(self.values[name]) for name in self.field_names},
+            "field_offsets": {name: int(self.offsets[name]) for name in self.field_names},
+            "rating_values": [float(value) for value in self.rating_values],
+            "rating_offset": int(self.rating_offset),
+            "vocab_size": int(self.vocab_size),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FieldVocabulary":
+        """The inverse of ``to_json``; a layout whose offsets, sizes or rating values do not add up raises a
+        ``ValueError`` that names the vocabulary part."""
+        for key in ("field_names", "values", "field_offsets", "rating_values", "rating_offset"):
+            if key not in data:
+                raise ValueError(f"vocabulary: '{key}' is missing")
+        names = list(data["field_names"])
+        values, offsets = {}, {}
+        cursor = 1
+        for name in names:
+            if name not in data["values"] or name not in data["field_offsets"]:
+                raise ValueError(f"vocabulary: field {name!r} has no values or no offset")
+            values[name] = list(data["values"][name])
+            offsets[name] = int(data["field_offsets"][name])
+            if offsets[name] != cursor:
+                raise ValueError(f"vocabulary: field {name!r} starts at token {offsets[name]}, but the fields before "
+                                 f"it end at token {cursor}")
+            if len(set(values[name])) != len(values[name]):
+                raise ValueError(f"vocabulary: field {name!r} lists a value twice")
+            cursor += len(values[name])
+        if int(data["rating_offset"]) != cursor:
+            raise ValueError(f"vocabulary: rating tokens start at {data['rating_offset']}, but the fields end at "
+                             f"{cursor}")
+        ratings = [float(value) for value in data["rating_values"]]
+        if not ratings or ratings != sorted(set(ratings)):
+            raise ValueError(f"vocabulary: rating_values must be distinct and ascending, got {ratings}")
+        vocabulary = cls(field_names=names, values=values, offsets=offsets, rating_values=ratings, rating_offset=cursor)
+        if "vocab_size" in data and int(data["vocab_size"]) != vocabulary.vocab_size:
+            raise ValueError(f"vocabulary: vocab_size says {data['vocab_size']}, but the values give "
+                             f"{vocabulary.vocab_size}")
+        return vocabulary
+
 
 def build_ctr_features(
     dataset: RecDataset,
