@@ -87,3 +87,32 @@ def test_few_shot_sample_is_seeded_and_stored(tmp_path):
     assert np.array_equal(load_index_file(tmp_path / "train_ids.json"), first)
     with pytest.raises(ValueError, match="exceeds"):
         few_shot_indices(ids, 5000, 0)
+
+
+def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
+    from transformers import TrainingArguments
+
+    from reclora_pipeline.tune import _answer_token_trainer_class
+
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
+    dataset = _dataset(n=8)
+    model = build_peft_model(make_tiny_llama(), _settings(), crm_dim=6)
+    batch = LeftPadCollator(pad_id=0)([dataset[i] for i in range(8)])
+    trainer = _answer_token_trainer_class()(model=model, args=args, answer_pair=(6, 5))
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       crm_embeds=batch["crm_embeds"]).logits[:, -1].double()
+    expected = torch.nn.functional.cross_entropy(logits[:, [6, 5]], (batch["answer_ids"] == 5).long())
+    assert torch.allclose(loss.double(), expected, atol=1e-5)
+    vocab = _answer_token_trainer_class()(model=model, args=args).compute_loss(model, batch)
+    assert vocab.item() > loss.item()  # the whole vocabulary competes with the answer token
+
+    with pytest.raises(ValueError, match="answer_pair"):
+        train_adapter(model, dataset, _settings(loss="yes_no"), tmp_path, pad_id=0, progress=False)
+    with pytest.raises(ValueError, match="loss"):
+        _settings(loss="hinge")
+    summary = train_adapter(model, dataset, _settings(loss="yes_no", epochs=4), tmp_path, pad_id=0, progress=False,
+                            answer_pair=(6, 5))
+    losses = [entry["loss"] for entry in summary["loss_history"]]
+    assert losses[-1] < losses[0] and losses[0] < 1.5  # two classes: starts near log 2, not near log |vocab|

@@ -72,6 +72,7 @@ class PipelineConfig:
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.05
     gradient_checkpointing: bool = False
+    loss: str = "vocab"  # "vocab" (language-modelling loss of the answer token, as the paper) or "yes_no"
     prompt_style: str = "plain"
     max_prompt_tokens: Optional[int] = None
     # studies
@@ -87,7 +88,7 @@ class PipelineConfig:
     PRESETS = {
         # Two CPU cores, about ten minutes after installation: SIM, LoRA r=8, RecLoRA on a fixed test subsample.
         "demo": dict(
-            crm_baselines=(), models=("lora", "reclora"), k_short=3, few_shot=192, epochs=1.0, learning_rate=3e-3,
+            crm_baselines=(), models=("lora", "reclora"), k_short=3, few_shot=192, epochs=1.0, learning_rate=6e-3,
             test_samples=300, crm_epochs=4, crm_hidden_dims=(128, 64), score_batch_size=16,
         ),
         # The whole MovieLens-100K protocol on a GPU: every comparison and study on the full test split.
@@ -415,7 +416,8 @@ class Pipeline:
             num_meta_loras=spec.num_meta_loras, gate_hidden_dim=c.gate_hidden_dim, epochs=c.epochs,
             learning_rate=c.learning_rate, batch_size=c.batch_size,
             gradient_accumulation_steps=c.gradient_accumulation_steps, warmup_ratio=c.warmup_ratio, seed=c.seed,
-            gradient_checkpointing=c.gradient_checkpointing, logging_steps=max(1, spec.few_shot // c.batch_size // 10),
+            gradient_checkpointing=c.gradient_checkpointing, loss=c.loss,
+            logging_steps=max(1, spec.few_shot // c.batch_size // 10),
         )
 
     def model_settings(self, spec: LlmModelSpec) -> dict:
@@ -475,7 +477,8 @@ class Pipeline:
             model = build_peft_model(model, tune, crm_dim)
             trainable, total = model.get_nb_trainable_parameters()
             print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
-            summary = train_adapter(model, train_set, tune, model_dir, tokenizer.pad_token_id, progress=c.progress)
+            summary = train_adapter(model, train_set, tune, model_dir, tokenizer.pad_token_id, progress=c.progress,
+                                    answer_pair=(formatter.no_id, formatter.yes_id))
             settings["train_runtime_s"] = summary["train_runtime_s"]
             settings["train_loss"] = summary["train_loss"]
             settings["trainable_parameters"] = int(trainable)

@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 logger = logging.getLogger(__name__)
 
 METHODS = ("reclora", "lora")
+# "vocab": cross-entropy of the answer token over the whole vocabulary (the language-modelling loss of TALLRec, ReLLa
+# and the paper); "yes_no": cross-entropy over the Yes/No logits only, the quantity P(Yes) scoring reads.
+LOSSES = ("vocab", "yes_no")
 
 
 @dataclass
@@ -52,10 +55,13 @@ class TuneSettings:
     bf16: Optional[bool] = None  # None: bf16 on CUDA, fp32 on CPU
     save_steps: Optional[int] = None  # checkpoint every N optimizer steps (None: only the final adapter)
     logging_steps: int = 10
+    loss: str = "vocab"  # see LOSSES
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
     def peft_config(self, crm_dim: Optional[int]):
         if self.method == "reclora":
@@ -132,13 +138,23 @@ def _answer_token_trainer_class():
     from transformers import Trainer
 
     class AnswerTokenTrainer(Trainer):
-        """Trainer whose loss is the answer token's cross-entropy at the last position (logits of that position only)."""
+        """Trainer whose loss is the answer token's cross-entropy at the last position (logits of that position only),
+        over the vocabulary or, with ``answer_pair=(no_id, yes_id)``, over the two answer tokens."""
+
+        def __init__(self, *args, answer_pair=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.answer_pair = answer_pair
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             answer_ids = inputs.pop("answer_ids")
             outputs = model(**inputs, logits_to_keep=1)
             logits = outputs.logits[:, -1].float()
+            if self.answer_pair is not None:
+                no_id, yes_id = self.answer_pair
+                if not bool(((answer_ids == yes_id) | (answer_ids == no_id)).all()):
+                    raise ValueError(f"the yes_no loss needs answer ids {yes_id} (Yes) or {no_id} (No)")
+                logits, answer_ids = logits[:, [no_id, yes_id]], (answer_ids == yes_id).long()
             # Mean over the micro-batch; the Trainer divides by the accumulation steps (micro-batches are equal-sized).
             loss = torch.nn.functional.cross_entropy(logits, answer_ids)
             return (loss, outputs) if return_outputs else loss
@@ -164,8 +180,13 @@ def train_adapter(
     pad_id: int,
     resume_from_checkpoint: Optional[str] = None,
     progress: bool = True,
+    answer_pair: Optional[tuple] = None,
 ):
-    """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter``."""
+    """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter``.
+
+    ``answer_pair`` = (no_id, yes_id) is needed by ``settings.loss == "yes_no"``."""
+    if settings.loss == "yes_no" and answer_pair is None:
+        raise ValueError("settings.loss='yes_no' needs answer_pair=(no_id, yes_id)")
     from transformers import TrainingArguments
 
     output_dir = Path(output_dir)
@@ -194,7 +215,8 @@ def train_adapter(
         label_names=["answer_ids"],
     )
     trainer = _answer_token_trainer_class()(
-        model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id)
+        model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id),
+        answer_pair=tuple(answer_pair) if settings.loss == "yes_no" else None,
     )
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.save_pretrained(str(output_dir / "adapter"))
