@@ -179,3 +179,22 @@ def test_published_recommender_scores_like_the_pipeline_run(tmp_path, tiny_base_
     scores = recommender.score(requests)
     assert predictions["score"].std() > 0
     np.testing.assert_allclose(scores, predictions["score"].to_numpy(), atol=2e-6)
+
+
+def test_interrupted_tuning_resumes_from_its_checkpoints(tmp_path, tiny_base_model, capsys):
+    out = tmp_path / "run"
+    config = fast_config(out, tiny_base_model, models=("reclora",), save_steps=1, learning_rate=5e-2)
+    first = run_pipeline(config)["RecLoRA"]
+    layout = RunLayout(out)
+    checkpoints = layout.model("RecLoRA") / "checkpoints"
+    assert sorted(path.name for path in checkpoints.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    layout.model_info("RecLoRA").unlink()  # as if the run had stopped before the model was scored
+    capsys.readouterr()
+    again = run_pipeline(config)["RecLoRA"]
+    assert "resuming RecLoRA from its last checkpoint" in capsys.readouterr().out
+    assert again["auc"] == first["auc"] and again["logloss"] == first["logloss"]
+    # Checkpoints of other settings are never resumed: they are removed before training.
+    run_pipeline(fast_config(out, tiny_base_model, models=("reclora",), save_steps=1, learning_rate=1e-2))
+    assert "resuming" not in capsys.readouterr().out
+    settings = json.loads((checkpoints / "settings.json").read_text())
+    assert settings["tune"]["learning_rate"] == 1e-2

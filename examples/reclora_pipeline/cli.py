@@ -197,6 +197,10 @@ def _add_run_options(parser, default_preset: str) -> None:
     parser.add_argument("--loss", choices=("vocab", "yes_no"), default=None,
                         help="answer-token loss over the vocabulary (as the paper) or over the Yes/No logits only")
     parser.add_argument("--crm-epochs", type=int, default=None)
+    parser.add_argument("--crm-rc-layer", type=int, default=None,
+                        help="hidden layer of the CRM whose output is R_c (default -1: the last)")
+    parser.add_argument("--save-steps", type=int, default=None,
+                        help="checkpoint the LLM tuning every N steps; a rerun resumes an interrupted model from them")
     parser.add_argument("--sweep-num-meta-loras", type=_int_list, default=None, metavar="N,N,...",
                         help="extra RecLoRA runs for the AUC-vs-num_meta_loras plot")
     parser.add_argument("--sweep-few-shot", type=_int_list, default=None, metavar="N,N,...",
@@ -234,7 +238,8 @@ def run_run(args) -> int:
     overrides = {name: getattr(args, name) for name in (
         "dataset", "source", "base_model", "dtype", "models", "crm", "crm_baselines", "retrieval", "k_long", "k_short",
         "few_shot", "few_shot_seed", "num_meta_loras", "r", "epochs", "learning_rate", "batch_size",
-        "gradient_checkpointing", "loss", "crm_epochs", "sweep_num_meta_loras", "sweep_few_shot", "score_batch_size", "seed",
+        "gradient_checkpointing", "loss", "crm_epochs", "crm_rc_layer", "save_steps", "sweep_num_meta_loras",
+        "sweep_few_shot", "score_batch_size", "seed",
     )}
     if args.test_samples:  # 0 means the whole test split, applied after the preset
         overrides["test_samples"] = args.test_samples

@@ -53,7 +53,8 @@ class PipelineConfig:
     crm: str = "sim"  # the CRM whose R_c feeds RecLoRA's gate
     crm_baselines: tuple = ()  # further CRMs trained and evaluated as baselines
     crm_embed_dim: int = 32
-    crm_hidden_dims: tuple = (256, 128, 64)  # R_c = the last hidden layer (crm_dim = 64)
+    crm_hidden_dims: tuple = (256, 128, 64)
+    crm_rc_layer: int = -1  # the hidden layer whose output is R_c (-1: the last, crm_dim = 64)
     crm_epochs: int = 10
     crm_batch_size: int = 1024
     crm_learning_rate: float = 1e-3
@@ -72,6 +73,7 @@ class PipelineConfig:
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.05
     gradient_checkpointing: bool = False
+    save_steps: Optional[int] = None  # checkpoint every N optimizer steps; an interrupted model resumes from the last
     loss: str = "vocab"  # "vocab" (language-modelling loss of the answer token, as the paper) or "yes_no"
     prompt_style: str = "plain"
     max_prompt_tokens: Optional[int] = None
@@ -237,7 +239,8 @@ class Pipeline:
         if (self.layout.data / "dataset.json").is_file():
             dataset = RecDataset.load(self.layout.data)
             if dataset.name != self.config.dataset:
-                raise ValueError(f"{self.layout.data} holds {dataset.name!r}, not {self.config.dataset!r}: use another --out")
+                raise ValueError(
+                    f"{self.layout.data} holds {dataset.name!r}, not {self.config.dataset!r}: use another --out")
         else:
             self._stage(f"data: {self.config.dataset}")
             dataset = load_dataset(self.config.dataset, self.config.source)
@@ -279,7 +282,8 @@ class Pipeline:
     def crm_settings(self, name: str, history: Optional[str] = None) -> dict:
         c = self.config
         return {"model": name, "history": history or self.crm_history(name), "embed_dim": c.crm_embed_dim,
-                "hidden_dims": list(c.crm_hidden_dims), "epochs": c.crm_epochs, "batch_size": c.crm_batch_size,
+                "hidden_dims": list(c.crm_hidden_dims), "rc_layer": c.crm_rc_layer, "epochs": c.crm_epochs,
+                "batch_size": c.crm_batch_size,
                 "learning_rate": c.crm_learning_rate, "patience": c.crm_patience, "seed": c.seed,
                 "k_long": c.k_long}
 
@@ -303,12 +307,14 @@ class Pipeline:
             model = load_crm(directory, expected_schema=train, device=self.device)
         else:
             started = time.perf_counter()
-            self._stage(f"stage 1: {CRM_DISPLAY_NAMES[name]} ({history_mode} history) on {len(train):,} training samples")
+            self._stage(f"stage 1: {CRM_DISPLAY_NAMES[name]} ({history_mode} history) "
+                        f"on {len(train):,} training samples")
             config = CrmTrainingConfig(
                 epochs=self.config.crm_epochs, batch_size=self.config.crm_batch_size,
                 learning_rate=self.config.crm_learning_rate, patience=self.config.crm_patience, seed=self.config.seed,
                 device="auto", progress=self.config.progress,
-                model_kwargs={"embed_dim": self.config.crm_embed_dim, "hidden_dims": self.config.crm_hidden_dims},
+                model_kwargs={"embed_dim": self.config.crm_embed_dim, "hidden_dims": self.config.crm_hidden_dims,
+                              "rc_layer": self.config.crm_rc_layer},
             )
             model, report = train_crm(name, train, self.features(history_mode, "valid"), config)
             save_crm(model, directory, metrics={"valid_auc": report.valid_auc, "valid_logloss": report.valid_logloss})
@@ -416,7 +422,7 @@ class Pipeline:
             num_meta_loras=spec.num_meta_loras, gate_hidden_dim=c.gate_hidden_dim, epochs=c.epochs,
             learning_rate=c.learning_rate, batch_size=c.batch_size,
             gradient_accumulation_steps=c.gradient_accumulation_steps, warmup_ratio=c.warmup_ratio, seed=c.seed,
-            gradient_checkpointing=c.gradient_checkpointing, loss=c.loss,
+            gradient_checkpointing=c.gradient_checkpointing, loss=c.loss, save_steps=c.save_steps,
             logging_steps=max(1, spec.few_shot // c.batch_size // 10),
         )
 
@@ -477,8 +483,12 @@ class Pipeline:
             model = build_peft_model(model, tune, crm_dim)
             trainable, total = model.get_nb_trainable_parameters()
             print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
+            resume = self._resumable(model_dir / "checkpoints", settings)
+            if resume:
+                print(f"resuming {spec.name} from its last checkpoint in {model_dir / 'checkpoints'}", flush=True)
             summary = train_adapter(model, train_set, tune, model_dir, tokenizer.pad_token_id, progress=c.progress,
-                                    answer_pair=(formatter.no_id, formatter.yes_id))
+                                    answer_pair=(formatter.no_id, formatter.yes_id),
+                                    resume_from_checkpoint=resume or None)
             settings["train_runtime_s"] = summary["train_runtime_s"]
             settings["train_loss"] = summary["train_loss"]
             settings["trainable_parameters"] = int(trainable)
@@ -512,6 +522,22 @@ class Pipeline:
         print(f"{spec.name}: test AUC {entry['auc']:.4f}, LogLoss {entry['logloss']:.4f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         del model
+
+    @staticmethod
+    def _resumable(checkpoints: Path, settings: dict) -> bool:
+        """True when ``checkpoints`` holds checkpoints of a run with these settings; stale ones are removed."""
+        import shutil
+
+        marker = checkpoints / "settings.json"
+        wanted = json.dumps(settings, sort_keys=True, default=str)
+        if checkpoints.is_dir():
+            if marker.is_file() and marker.read_text() == wanted and any(checkpoints.glob("checkpoint-*")):
+                return True
+            shutil.rmtree(checkpoints)
+        if settings.get("tune", {}).get("save_steps"):
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            marker.write_text(wanted)
+        return False
 
     def _gate_usage(self, model, crm_embeds: torch.Tensor, spec: LlmModelSpec) -> None:
         from .report import plot_gate_usage, safe_name
