@@ -132,6 +132,14 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
                                      models=("zero-shot", "lora", "reclora"), learning_rate=5e-3))
     assert again["SIM"]["auc"] == before["SIM"] and again["Zero-shot"]["auc"] == before["Zero-shot"]
     assert again["RecLoRA"]["settings"]["tune"]["learning_rate"] == 5e-3
+    # Another evaluation sample rescores every model, on the same new samples.
+    other = run_pipeline(fast_config(out, tiny_base_model, crm_baselines=("din",), models=("zero-shot",),
+                                     test_samples=30))
+    assert other["SIM"]["n"] == other["DIN"]["n"] == other["Zero-shot"]["n"] == 30
+    assert len(pd.read_csv(out / "predictions" / "SIM.csv")) == 30
+    saved = json.loads(layout.results.read_text())["models"]
+    assert set(saved) == {"SIM", "DIN", "Zero-shot"}  # no result of the 40 earlier samples left in the table
+    assert "RecLoRA (N_m=2)" in json.loads((out / "results_previous.json").read_text())
 
 
 def test_demo_command_on_smollm2(tmp_path, capsys):

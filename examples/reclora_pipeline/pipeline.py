@@ -206,11 +206,28 @@ class Pipeline:
         self.layout.config.write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
         self.book = ResultsBook(self.layout.root, reference=REFERENCE_MODEL,
                                 metadata={"dataset": config.dataset, "base_model": config.base_model})
+        self._set_aside_other_evaluations()
         self.timings: dict[str, float] = {}
         self._retrievals: dict[str, object] = {}
         self._crms: dict[str, object] = {}
         self._rc_tables: dict[str, object] = {}
         self._tokenizer = None
+
+    def _set_aside_other_evaluations(self) -> None:
+        """Results of an earlier run of this folder on other test samples are not comparable with this run's: they
+        move from results.json to results_previous.json (kept, not mixed into the table)."""
+        current = json.loads(json.dumps(self.evaluation_settings()))
+        stale = {name: entry for name, entry in self.book.models.items()
+                 if (entry.get("settings") or {}).get("evaluation") != current}
+        if not stale:
+            return
+        path = self.layout.root / "results_previous.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        previous.update(stale)
+        path.write_text(json.dumps(previous, indent=2, default=str))
+        for name in stale:
+            del self.book.models[name]
+        print(f"{len(stale)} result(s) of other evaluation samples moved to {path.name}: {', '.join(stale)}", flush=True)
 
     # -- small helpers --------------------------------------------------------------------------------------------
     def _stage(self, title: str) -> None:
@@ -360,6 +377,11 @@ class Pipeline:
         self._eval_ids = ids
         return ids
 
+    def evaluation_settings(self) -> dict:
+        """Which test samples are scored: part of every model's settings, so changing it rescores every model."""
+        return {"test_samples": self.config.test_samples, "test_seed": self.config.test_seed,
+                "score_batch_size": self.config.score_batch_size}
+
     def eval_rows(self, ids: np.ndarray):
         samples = self.dataset().samples.set_index("sample_id").loc[ids]
         return samples.reset_index()[["user_id", "item_id", "timestamp", "label"]]
@@ -371,7 +393,7 @@ class Pipeline:
         for name in dict.fromkeys((self.config.crm, *self.config.crm_baselines)):
             display = CRM_DISPLAY_NAMES[name]
             history = self.crm_history(name)
-            settings = self.crm_settings(name)
+            settings = {**self.crm_settings(name), "evaluation": self.evaluation_settings()}
             if self._done(display, settings):
                 continue
             model = self.crm(name, history)
@@ -429,7 +451,8 @@ class Pipeline:
     def model_settings(self, spec: LlmModelSpec) -> dict:
         c = self.config
         settings = {"method": spec.method or "zero-shot", "base_model": c.base_model, "dtype": str(self.llm_dtype),
-                    "short_history": spec.short_mode, "k_short": c.k_short, "prompt_style": c.prompt_style}
+                    "short_history": spec.short_mode, "k_short": c.k_short, "prompt_style": c.prompt_style,
+                    "max_prompt_tokens": c.max_prompt_tokens, "evaluation": self.evaluation_settings()}
         if spec.method is not None:
             settings.update({"few_shot": spec.few_shot, "few_shot_seed": c.few_shot_seed,
                              "tune": asdict(self.tune_settings(spec))})
