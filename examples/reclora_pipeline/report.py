@@ -130,7 +130,7 @@ def plot_model_comparison(models: dict, path: Path) -> Path:
     for i, value in enumerate(aucs):
         ax.text(i, value, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("test AUC")
-    ax.set_title("Model comparison (blue: ID-based CRMs, orange: LLM-based)")
+    ax.set_title("Test AUC (blue: CRMs, orange: LLMs)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
