@@ -232,6 +232,12 @@ def add_demo_command(subparsers) -> None:
     _add_run_options(parser, "demo")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_run(args) -> int:
     from .pipeline import PipelineConfig, run_pipeline
 
@@ -248,6 +254,9 @@ def run_run(args) -> int:
     config = PipelineConfig.from_preset(args.preset, out=str(out), progress=not args.no_progress, **overrides)
     if args.test_samples == 0:
         config.test_samples = None
+    if args.preset == "full" and not _cuda_available():
+        print("note: the full preset tunes and scores many LLM models on the whole test split; without a GPU expect "
+              "many hours (use `demo`, or --test-samples and --models to run a part)", file=sys.stderr)
     started = time.perf_counter()
     run_pipeline(config)
     print(f"\n{(out / 'results.md').read_text()}")
