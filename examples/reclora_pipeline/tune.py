@@ -163,9 +163,13 @@ def _answer_token_trainer_class():
 
 
 def build_peft_model(base_model, settings: TuneSettings, crm_dim: Optional[int]):
+    import warnings
+
     from peft import get_peft_model
 
-    model = get_peft_model(base_model, settings.peft_config(crm_dim))
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base_model, settings.peft_config(crm_dim))
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
