@@ -100,7 +100,7 @@ class MetaLoraFunction(torch.autograd.Function):
         S4 = S.view(batch, x2.shape[0] // batch if batch else 0, num_meta_loras, rank)
 
         needs = ctx.needs_input_grad
-        grad_x = grad_A = grad_B = grad_gate = grad_W = grad_bias = grad_base_out = None
+        grad_B = grad_gate = None
 
         dS_mixed = dY @ B  # (T, N*r)
         dS_mixed4 = dS_mixed.view_as(S4)
@@ -124,20 +124,31 @@ class MetaLoraFunction(torch.autograd.Function):
             grad_gate = grad_gate.to(gate.dtype)
         dS = dS.reshape(S.shape)
 
-        if needs[1]:
-            grad_A = (dS.t() @ x2).to(lora_A.dtype)
-        if needs[0]:
-            dx = dS @ A
-            if base_weight is not None:
-                dx.addmm_(dY, base_weight.to(compute_dtype))
-            grad_x = dx.view(x.shape)
-        if base_weight is not None and needs[4]:
-            grad_W = (dY.t() @ x2).to(base_weight.dtype)
-        if ctx.has_bias and needs[5]:
-            grad_bias = dY.sum(0).to(ctx.bias_dtype)
-        if needs[6]:
-            grad_base_out = grad_out.to(ctx.base_output_dtype)
+        grad_x, grad_A, grad_W, grad_bias, grad_base_out = input_and_base_grads(
+            ctx, x, x2, dS, A, lora_A.dtype, dY, grad_out, base_weight
+        )
         return grad_x, grad_A, grad_B, grad_gate, grad_W, grad_bias, grad_base_out, None, None, None
+
+
+def input_and_base_grads(ctx, x, x2, dS, A, lora_A_dtype, dY, grad_out, base_weight):
+    """The gradients every backend computes alike from dS = dL/d(x A^T) (None when neither x nor A needs one):
+    x's (the base's dX accumulated into the adapter's, beta=1), A's, and the base weight's, bias' and output's."""
+    needs = ctx.needs_input_grad
+    grad_x = grad_A = grad_W = grad_bias = grad_base_out = None
+    if needs[1]:
+        grad_A = (dS.t() @ x2).to(lora_A_dtype)
+    if needs[0]:
+        dx = dS @ A
+        if base_weight is not None:
+            dx.addmm_(dY, base_weight.to(x.dtype))
+        grad_x = dx.view(x.shape)
+    if base_weight is not None and needs[4]:
+        grad_W = (dY.t() @ x2).to(base_weight.dtype)
+    if ctx.has_bias and needs[5]:
+        grad_bias = dY.sum(0).to(ctx.bias_dtype)
+    if needs[6]:
+        grad_base_out = grad_out.to(ctx.base_output_dtype)
+    return grad_x, grad_A, grad_W, grad_bias, grad_base_out
 
 
 def meta_lora_torch(

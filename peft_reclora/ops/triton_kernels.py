@@ -53,6 +53,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .torch_fused import input_and_base_grads, meta_lora_torch
+
 try:
     import triton
 
@@ -374,29 +376,19 @@ class MetaLoraTritonFunction(torch.autograd.Function):
         dY = grad_out.reshape(num_rows, B.shape[0]).to(compute_dtype)
         gate32 = gate.to(torch.float32).contiguous()
 
-        grad_x = grad_A = grad_B = grad_gate = grad_W = grad_bias = grad_base_out = None
+        grad_s = grad_B = grad_gate = None
         if needs[0] or needs[1] or needs[2] or needs[3]:
             grad_s, gate_rows, grad_B32 = _grad_intermediate(
                 dY, B, s_raw, gate32, ctx.scaling, ctx.num_experts, num_rows // batch, ctx.mixing,
                 gate_grad=needs[3], grad_b=needs[2], plan=ctx.plan,
             )
-            if needs[1]:
-                grad_A = (grad_s.t() @ x2).to(lora_A.dtype)
             if needs[2]:
                 grad_B = grad_B32.to(lora_B.dtype)
             if needs[3]:
                 grad_gate = gate_rows.view(batch, -1, ctx.num_experts).sum(dim=1).to(gate.dtype)
-            if needs[0]:
-                dx = grad_s @ A
-                if base_weight is not None:
-                    dx.addmm_(dY, base_weight.to(compute_dtype))
-                grad_x = dx.view(x.shape)
-        if base_weight is not None and needs[4]:
-            grad_W = (dY.t() @ x2).to(base_weight.dtype)
-        if ctx.has_bias and needs[5]:
-            grad_bias = dY.sum(0).to(ctx.bias_dtype)
-        if needs[6]:
-            grad_base_out = grad_out.to(ctx.base_output_dtype)
+        grad_x, grad_A, grad_W, grad_bias, grad_base_out = input_and_base_grads(
+            ctx, x, x2, grad_s, A, lora_A.dtype, dY, grad_out, base_weight
+        )
         return grad_x, grad_A, grad_B, grad_gate, grad_W, grad_bias, grad_base_out, None, None, None
 
 
@@ -431,8 +423,6 @@ def meta_lora_triton(
         )
     tensors = (x, lora_A, lora_B, gate, base_weight, base_bias, base_output)
     if x.numel() == 0:
-        from .torch_fused import meta_lora_torch
-
         return meta_lora_torch(*tensors[:4], scaling, num_meta_loras, mixing, *tensors[4:])
     for name, tensor in zip(("x", "lora_A", "lora_B", "gate", "base_weight", "base_bias", "base_output"), tensors):
         if tensor is not None and tensor.device != x.device:
