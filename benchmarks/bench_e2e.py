@@ -15,7 +15,7 @@ import torch
 
 from common import (
     CRM_DIM, NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, fmt_pct,
-    make_batch, measure, model_variants, parse_args, print_table, run_variants, triton_skip_note, wanted,
+    make_batch, measure, model_variants, parse_args, print_table, run_variants, start_notes, wanted,
     write_results,
 )
 
@@ -34,11 +34,7 @@ def main():
     args = parse_args("End-to-end prefill scoring throughput of RecLoRA against PEFT LoRA and the alternatives")
     preset = PRESETS[args.preset]["e2e"]
     env = environment(args.device)
-    notes = []
-    skip = triton_skip_note(args.device)
-    if skip:
-        notes.append(skip)
-        print(skip)
+    notes, skip = start_notes(args.device)
     print(f"building a {preset['model_name']} model with random {dtype_name(args.dtype)} weights on {args.device}")
     model = build_causal_lm(preset["model"], args.dtype, args.device)
     model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30

@@ -16,7 +16,7 @@ from torch import nn
 
 from common import (
     BASELINES, CRM_DIM, LORA_ALPHA, NUM_META_LORAS, PRESETS, RANK, default_output, dtype_name, environment, fmt_pct,
-    measure, measure_interleaved, meta_lora_call, parse_args, print_table, synchronize, triton_skip_note, wanted,
+    measure, measure_interleaved, meta_lora_call, parse_args, print_table, synchronize, start_notes, wanted,
     write_results,
 )
 
@@ -279,11 +279,7 @@ def main():
         raise SystemExit(f"unknown --passes {sorted(unknown)}; choose from {PASSES}")
     preset = PRESETS[args.preset]["layer"]
     env = environment(args.device)
-    notes = []
-    skip = triton_skip_note(args.device)
-    if skip:
-        notes.append(skip)
-        print(skip)
+    notes, skip = start_notes(args.device)
     from peft_reclora.ops.triton_kernels import kernel_settings
 
     overrides = parse_triton_settings(args.triton_settings)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from common import (
     NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, make_batch,
-    model_variants, parse_args, print_table, run_variants, triton_skip_note, wanted, write_results,
+    model_variants, parse_args, print_table, run_variants, start_notes, wanted, write_results,
 )
 
 
@@ -58,11 +58,7 @@ def main():
     args = parse_args("End-to-end training-step time and peak memory of RecLoRA against PEFT LoRA and alternatives")
     preset = PRESETS[args.preset]["train"]
     env = environment(args.device)
-    notes = []
-    skip = triton_skip_note(args.device)
-    if skip:
-        notes.append(skip)
-        print(skip)
+    notes, skip = start_notes(args.device)
     print(f"building a {preset['model_name']} model with random {dtype_name(args.dtype)} weights on {args.device}")
     model = build_causal_lm(preset["model"], args.dtype, args.device)
     batch_size, seq_len = preset["batch_size"], preset["seq_len"]

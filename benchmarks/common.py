@@ -276,6 +276,14 @@ def triton_skip_note(device: torch.device) -> Optional[str]:
     return None
 
 
+def start_notes(device: torch.device) -> tuple[list, Optional[str]]:
+    """The run's notes, opened with (and printing) why Triton variants are skipped; and that reason, or None."""
+    skip = triton_skip_note(device)
+    if skip:
+        print(skip)
+    return ([skip] if skip else []), skip
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # adapter implementations compared against (same math as RecLoRA's mixing="output" unless named "published")
 

@@ -84,18 +84,25 @@ def _stars(value: float) -> str:
     return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
 
 
+def _write_lines(path: Path, lines, encoding: str) -> None:
+    """One line per item of ``lines``, ``\n``-terminated, in the encoding the official files use."""
+    with open(path, "w", encoding=encoding, newline="\n") as f:
+        f.writelines(f"{line}\n" for line in lines)
+
+
+def _occupation_name(code: int) -> str:
+    return ML1M_OCCUPATIONS[code].split("/")[0]
+
+
 def write_ml1m(world: SyntheticWorld, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "ratings.dat", "w", encoding="latin-1", newline="\n") as f:
-        for r in world.ratings.itertuples():
-            f.write(f"{r.user_id}::{r.item_id}::{_stars(r.rating)}::{r.timestamp}\n")
-    with open(folder / "users.dat", "w", encoding="latin-1", newline="\n") as f:
-        for u in world.users.itertuples():
-            f.write(f"{u.user_id}::{u.gender}::{u.age_code}::{u.occupation_code}::{u.zip_code}\n")
-    with open(folder / "movies.dat", "w", encoding="latin-1", newline="\n") as f:
-        for m in world.items.itertuples():
-            f.write(f"{m.item_id}::{m.title} ({m.year})::{'|'.join(m.genres)}\n")
+    _write_lines(folder / "ratings.dat", (f"{r.user_id}::{r.item_id}::{_stars(r.rating)}::{r.timestamp}"
+                                          for r in world.ratings.itertuples()), "latin-1")
+    _write_lines(folder / "users.dat", (f"{u.user_id}::{u.gender}::{u.age_code}::{u.occupation_code}::{u.zip_code}"
+                                        for u in world.users.itertuples()), "latin-1")
+    _write_lines(folder / "movies.dat", (f"{m.item_id}::{m.title} ({m.year})::{'|'.join(m.genres)}"
+                                         for m in world.items.itertuples()), "latin-1")
     return folder
 
 
@@ -117,34 +124,35 @@ def write_ml25m(world: SyntheticWorld, folder: Path) -> Path:
 def write_ml100k_grouplens(world: SyntheticWorld, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "u.data", "w", encoding="latin-1", newline="\n") as f:
-        for r in world.ratings.itertuples():
-            f.write(f"{r.user_id}\t{r.item_id}\t{_stars(r.rating)}\t{r.timestamp}\n")
-    with open(folder / "u.item", "w", encoding="latin-1", newline="\n") as f:
-        for m in world.items.itertuples():
-            flags = "|".join("1" if g in m.genres else "0" for g in ML100K_GENRES)
-            f.write(f"{m.item_id}|{m.title} ({m.year})|01-Jan-{m.year}||http://us.imdb.com/M/title-exact?{m.item_id}|{flags}\n")
-    with open(folder / "u.user", "w", encoding="latin-1", newline="\n") as f:
-        for u in world.users.itertuples():
-            f.write(f"{u.user_id}|{u.age}|{u.gender}|{ML1M_OCCUPATIONS[u.occupation_code].split('/')[0]}|{u.zip_code}\n")
+
+    def item_line(m) -> str:
+        flags = "|".join("1" if g in m.genres else "0" for g in ML100K_GENRES)
+        return f"{m.item_id}|{m.title} ({m.year})|01-Jan-{m.year}||http://us.imdb.com/M/title-exact?{m.item_id}|{flags}"
+
+    _write_lines(folder / "u.data", (f"{r.user_id}\t{r.item_id}\t{_stars(r.rating)}\t{r.timestamp}"
+                                     for r in world.ratings.itertuples()), "latin-1")
+    _write_lines(folder / "u.item", (item_line(m) for m in world.items.itertuples()), "latin-1")
+    _write_lines(folder / "u.user", (f"{u.user_id}|{u.age}|{u.gender}|{_occupation_name(u.occupation_code)}|{u.zip_code}"
+                                     for u in world.users.itertuples()), "latin-1")
     return folder
 
 
 def write_ml100k_recbole(world: SyntheticWorld, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "ml-100k.inter", "w", encoding="utf-8", newline="\n") as f:
-        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
-        for r in world.ratings.itertuples():
-            f.write(f"{r.user_id}\t{r.item_id}\t{_stars(r.rating)}\t{r.timestamp}\n")
-    with open(folder / "ml-100k.item", "w", encoding="utf-8", newline="\n") as f:
-        f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
-        for m in world.items.itertuples():
-            f.write(f"{m.item_id}\t{m.title}\t{m.year}\t{' '.join(m.genres)}\n")
-    with open(folder / "ml-100k.user", "w", encoding="utf-8", newline="\n") as f:
-        f.write("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n")
-        for u in world.users.itertuples():
-            f.write(f"{u.user_id}\t{u.age}\t{u.gender}\t{ML1M_OCCUPATIONS[u.occupation_code].split('/')[0]}\t{u.zip_code}\n")
+    _write_lines(folder / "ml-100k.inter", [
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+        *(f"{r.user_id}\t{r.item_id}\t{_stars(r.rating)}\t{r.timestamp}" for r in world.ratings.itertuples()),
+    ], "utf-8")
+    _write_lines(folder / "ml-100k.item", [
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
+        *(f"{m.item_id}\t{m.title}\t{m.year}\t{' '.join(m.genres)}" for m in world.items.itertuples()),
+    ], "utf-8")
+    _write_lines(folder / "ml-100k.user", [
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
+        *(f"{u.user_id}\t{u.age}\t{u.gender}\t{_occupation_name(u.occupation_code)}\t{u.zip_code}"
+          for u in world.users.itertuples()),
+    ], "utf-8")
     return folder
 
 
@@ -174,7 +182,6 @@ def write_goodreads(world: SyntheticWorld, folder: Path, *, genre: str = "poetry
                                 "authors": [{"author_id": str(100 + m.item_id % 7), "role": ""}],
                                 "publisher": f"Press {m.item_id % 4}", "publication_year": str(m.year),
                                 "language_code": "eng", "format": "Paperback", "is_ebook": "false"}) + "\n")
-    with open(folder / "goodreads_book_authors.json", "w", encoding="utf-8") as f:
-        for author in range(7):
-            f.write(json.dumps({"author_id": str(100 + author), "name": f"Author {author}"}) + "\n")
+    _write_lines(folder / "goodreads_book_authors.json",
+                 (json.dumps({"author_id": str(100 + author), "name": f"Author {author}"}) for author in range(7)), "utf-8")
     return folder
