@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -148,12 +148,7 @@ class LlmModelSpec:
     r: int
     num_meta_loras: int
     study: str = "main"  # "main", "ablation", "num_meta_loras", "few_shot"
-
-    @property
-    def crm_key(self) -> Optional[str]:
-        return None if self.method != "reclora" else crm_key_for(self._crm, self.long_mode)
-
-    _crm: str = field(default="sim", repr=False)
+    crm_key: Optional[str] = None  # RecLoRA: the CRM (and its history source) whose R_c feeds the gate
 
 
 def crm_key_for(crm: str, history_mode: str) -> str:
@@ -167,7 +162,8 @@ def llm_model_specs(config: PipelineConfig) -> list[LlmModelSpec]:
 
     def spec(name, method, short=main, long=main, few_shot=config.few_shot, r=config.r, n_m=config.num_meta_loras,
              study="main"):
-        return LlmModelSpec(name, method, short, long, few_shot, r, n_m, study, _crm=config.crm)
+        crm_key = crm_key_for(config.crm, long) if method == "reclora" else None
+        return LlmModelSpec(name, method, short, long, few_shot, r, n_m, study, crm_key)
 
     specs = []
     if "zero-shot" in config.models:
@@ -212,6 +208,9 @@ class Pipeline:
         self._crms: dict[str, object] = {}
         self._rc_tables: dict[str, object] = {}
         self._tokenizer = None
+        self._formatter = None
+        self._dataset = None
+        self._eval_ids = None
 
     def _set_aside_other_evaluations(self) -> None:
         """Results of an earlier run of this folder on other test samples are not comparable with this run's: they
@@ -227,7 +226,8 @@ class Pipeline:
         path.write_text(json.dumps(previous, indent=2, default=str))
         for name in stale:
             del self.book.models[name]
-        print(f"{len(stale)} result(s) of other evaluation samples moved to {path.name}: {', '.join(stale)}", flush=True)
+        print(f"{len(stale)} result(s) of other evaluation samples moved to {path.name}: {', '.join(stale)}",
+              flush=True)
 
     # -- small helpers --------------------------------------------------------------------------------------------
     def _stage(self, title: str) -> None:
@@ -250,7 +250,7 @@ class Pipeline:
     def dataset(self):
         from .data import RecDataset, load_dataset
 
-        if getattr(self, "_dataset", None) is not None:
+        if self._dataset is not None:
             return self._dataset
         started = time.perf_counter()
         if (self.layout.data / "dataset.json").is_file():
@@ -343,13 +343,15 @@ class Pipeline:
         self._crms[key] = model
         return model
 
-    def rc_table(self, crm_key: str, history_mode: str, split: str):
-        """R_c of every sample of a split from the frozen CRM, computed once and cached on disk."""
+    def rc_table(self, history_mode: str, split: str):
+        """R_c of every sample of a split from the frozen gate CRM (``config.crm`` on ``history_mode`` histories),
+        computed once and cached on disk."""
         from .crm import CrmEmbeddingTable
 
+        crm_key = crm_key_for(self.config.crm, history_mode)
         cache_key = f"{crm_key}/{split}"
         if cache_key not in self._rc_tables:
-            model = self.crm(crm_key.split("-")[0], history_mode)
+            model = self.crm(self.config.crm, history_mode)
             self._rc_tables[cache_key] = CrmEmbeddingTable.from_model(
                 model, self.features(history_mode, split), cache_path=self.layout.rc(crm_key, split), progress=False
             )
@@ -358,18 +360,15 @@ class Pipeline:
     # -- evaluation samples ----------------------------------------------------------------------------------------
     def eval_ids(self) -> np.ndarray:
         """The test samples every model is scored on: the whole test split, or a seeded subsample (stored)."""
-        from .tune import few_shot_indices, load_index_file, save_index_file
+        from .tune import few_shot_indices, save_index_file
 
-        if getattr(self, "_eval_ids", None) is not None:
+        if self._eval_ids is not None:
             return self._eval_ids
         test = self.dataset().sample_ids("test")
         size = self.config.test_samples
         path = self.layout.root / "eval_samples.json"
         if size is None or size >= len(test):
             ids = np.asarray(test, dtype=np.int64)
-        elif path.is_file() and json.loads(path.read_text()).get("size") == size \
-                and json.loads(path.read_text()).get("seed") == self.config.test_seed:
-            ids = load_index_file(path)
         else:
             ids = few_shot_indices(test, size, self.config.test_seed)
         save_index_file(path, ids, split="test", size=int(len(ids)), seed=self.config.test_seed,
@@ -424,16 +423,19 @@ class Pipeline:
             self._tokenizer = load_tokenizer(self.config.base_model)
         return self._tokenizer
 
+    def formatter(self):
+        from .prompts import PromptFormatter
+
+        if self._formatter is None:
+            self._formatter = PromptFormatter(self.tokenizer(), self.config.prompt_style)
+        return self._formatter
+
     def prompts(self, ids: np.ndarray, short_mode: str) -> list:
         """Tokenized Figure-2 prompts of the given samples, with the short history of ``short_mode``."""
-        from .prompts import PromptFormatter, build_prompt
-        from .scoring import tokenize_prompts
+        from .scoring import sample_prompt_ids
 
-        dataset = self.dataset()
-        records = dataset.text_records(ids, retrieval=self.retrieval(short_mode))
-        formatter = PromptFormatter(self.tokenizer(), self.config.prompt_style)
-        texts = [formatter.format(build_prompt(dataset.name, record)) for record in records]
-        return tokenize_prompts(self.tokenizer(), texts, self.config.max_prompt_tokens)
+        return sample_prompt_ids(self.dataset(), ids, self.retrieval(short_mode), self.formatter(),
+                                 self.config.max_prompt_tokens)
 
     def tune_settings(self, spec: LlmModelSpec):
         from .tune import TuneSettings
@@ -472,7 +474,6 @@ class Pipeline:
 
     def llm_model(self, spec: LlmModelSpec) -> None:
         from .llm import load_base_model
-        from .prompts import PromptFormatter
         from .scoring import score_yes_probability
         from .tune import AnswerTokenDataset, build_peft_model, seed_everything, train_adapter
 
@@ -482,7 +483,7 @@ class Pipeline:
         started = time.perf_counter()
         c = self.config
         tokenizer = self.tokenizer()
-        formatter = PromptFormatter(tokenizer, c.prompt_style)
+        formatter = self.formatter()
         dataset = self.dataset()
         seed_everything(c.seed)
         model = load_base_model(c.base_model, dtype=self.llm_dtype)
@@ -495,7 +496,7 @@ class Pipeline:
             train_ids = self.few_shot_ids(spec.few_shot)
             crm_embeds = None
             if spec.method == "reclora":
-                table = self.rc_table(spec.crm_key, spec.long_mode, "train")
+                table = self.rc_table(spec.long_mode, "train")
                 crm_embeds = table.get(train_ids)
                 crm_dim = int(crm_embeds.shape[1])
             labels = dataset.label[dataset.rows_for(train_ids)]
@@ -520,7 +521,7 @@ class Pipeline:
         ids = self.eval_ids()
         test_crm = None
         if spec.method == "reclora":
-            test_crm = self.rc_table(spec.crm_key, spec.long_mode, "test").get(ids)
+            test_crm = self.rc_table(spec.long_mode, "test").get(ids)
         token_ids = self.prompts(ids, spec.short_mode)
         scores = score_yes_probability(
             model, token_ids, formatter.yes_id, formatter.no_id, tokenizer.pad_token_id, crm_embeds=test_crm,

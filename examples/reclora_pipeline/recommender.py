@@ -269,16 +269,14 @@ class RecLoraRecommender:
         rating the CRM does not know raises an error naming the request index and the field.
         """
         from .crm import CrmEmbeddingTable
-        from .prompts import build_prompt
-        from .scoring import score_yes_probability, tokenize_prompts
+        from .scoring import sample_prompt_ids, score_yes_probability
 
         dataset, padded = self.requests_dataset(requests)
         self.load_model()
         short, long = self.retrieve_histories(dataset, progress=progress)
         sample_ids = dataset.sample_ids()
-        records = dataset.text_records(sample_ids, retrieval=short)
-        texts = [self.formatter.format(build_prompt(dataset.name, record)) for record in records]
-        token_ids = tokenize_prompts(self.tokenizer, texts, self.config["prompt"].get("max_length"))
+        max_length = self.config["prompt"].get("max_length")
+        token_ids = sample_prompt_ids(dataset, sample_ids, short, self.formatter, max_length)
         features = build_ctr_features(dataset, retrieval=long, split=None, vocabulary=self.vocabulary)
         user_columns = features.fields[:, :padded.shape[1]]  # user fields come first
         user_columns[padded] = 0

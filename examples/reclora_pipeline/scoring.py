@@ -19,6 +19,16 @@ def tokenize_prompts(tokenizer, texts: Sequence[str], max_length: Optional[int] 
     return encoded["input_ids"]
 
 
+def sample_prompt_ids(dataset, sample_ids, retrieval, formatter, max_length: Optional[int] = None) -> list[list[int]]:
+    """Token ids of the Figure-2 prompts of dataset samples, their short history taken from ``retrieval``: the one
+    recipe the pipeline trains and scores with and a published recommender scores with."""
+    from .prompts import build_prompt
+
+    records = dataset.text_records(sample_ids, retrieval=retrieval)
+    texts = [formatter.format(build_prompt(dataset.name, record)) for record in records]
+    return tokenize_prompts(formatter.tokenizer, texts, max_length)
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
