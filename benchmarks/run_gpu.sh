@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU benchmarks (--preset h100: Llama-7B shapes, bf16) from a checkout of this repository.
 #
-#   bash benchmarks/run_gpu.sh            # correctness checks, then bench_layer, bench_e2e, bench_train
-#   bash benchmarks/run_gpu.sh layer      # one of: check, layer, e2e, train (several may be given)
+#   bash benchmarks/run_gpu.sh            # correctness checks, then bench_layer, _e2e, _train, _generate, _serving
+#   bash benchmarks/run_gpu.sh layer      # one of: check, layer, e2e, train, generate, serving (several may be given)
 #
 # Needs torch with CUDA, transformers, peft 0.21 and triton; nothing else (pytest is used for the checks when it is
 # installed, the benchmarks' own float64 checks run either way). Results: benchmarks/results/<name>-h100-<gpu>-<date>.json
@@ -15,7 +15,7 @@ results=benchmarks/results
 mkdir -p "$results"
 stamp=$(date -u +%Y-%m-%d)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(check layer e2e train)
+[ ${#steps[@]} -eq 0 ] && steps=(check layer e2e train generate serving)
 
 python - <<'PY'
 import torch, triton, transformers, peft
@@ -35,11 +35,11 @@ for step in "${steps[@]}"; do
         echo "pytest not installed: skipping tests/test_ops.py; bench_layer still checks both backends against float64"
       fi
       ;;
-    layer|e2e|train)
+    layer|e2e|train|generate|serving)
       python "benchmarks/bench_$step.py" --preset h100 2>&1 | tee "$results/bench_$step-h100-$stamp.log"
       ;;
     *)
-      echo "unknown step '$step' (choose from: check layer e2e train)" >&2
+      echo "unknown step '$step' (choose from: check layer e2e train generate serving)" >&2
       exit 2
       ;;
   esac

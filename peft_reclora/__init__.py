@@ -1,6 +1,7 @@
 """RecLoRA for Hugging Face PEFT: personalized low-rank adaptation of LLMs for recommendation.
 
-Importing this package registers the ``RECLORA`` method with PEFT, after which PEFT's own API works with it:
+Importing this package registers the ``RECLORA`` method with PEFT (a ``PeftType`` member and PEFT's method tables; no
+PEFT class or function is changed), after which PEFT's own API works with it:
 
     >>> import peft_reclora
     >>> from peft import get_peft_model
@@ -15,16 +16,15 @@ from .peft_type import ensure_reclora_peft_type
 ensure_reclora_peft_type()
 
 from .config import RecLoraConfig  # noqa: E402
-from .export import export_personalized_lora, personalized_lora_weights  # noqa: E402
+from .export import export_personalized_lora, personalized_lora_model, personalized_lora_weights  # noqa: E402
 from .gate import RecLoraGate  # noqa: E402
-from .hub import install_hub_hooks, reclora_card_section  # noqa: E402
+from .hub import push_to_hub, reclora_card_section  # noqa: E402
 from .layer import Linear, RecLoraLayer  # noqa: E402
 from .model import RecLoraModel  # noqa: E402
 from .ops import meta_lora  # noqa: E402
 from .registration import register  # noqa: E402
 
 register()
-install_hub_hooks()
 
 __all__ = [
     "Linear",
@@ -34,7 +34,9 @@ __all__ = [
     "RecLoraModel",
     "export_personalized_lora",
     "meta_lora",
+    "personalized_lora_model",
     "personalized_lora_weights",
+    "push_to_hub",
     "reclora_card_section",
     "register",
 ]

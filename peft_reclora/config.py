@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -113,14 +116,19 @@ class RecLoraConfig(PeftConfig):
             raise ValueError("RecLoraConfig.crm_dim is required: the width of the CRM embedding fed to the gate")
         for name in ("crm_dim", "r", "num_meta_loras", "gate_hidden_dim"):
             positive_int(name)
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+        def finite_number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"RecLoraConfig.{name} must be a finite number, got {value!r}")
+            return value
+
+        if finite_number("lora_alpha") <= 0:
             raise ValueError(f"RecLoraConfig.lora_alpha must be a positive number, got {self.lora_alpha!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+        if finite_number("temperature") <= 0:
             raise ValueError(f"RecLoraConfig.temperature must be > 0, got {self.temperature!r}")
         for name in ("lora_dropout", "gate_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"RecLoraConfig.{name} must be in [0, 1), got {value!r}")
+            if not 0.0 <= finite_number(name) < 1.0:
+                raise ValueError(f"RecLoraConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.gate_sharing not in GATE_SHARING_MODES:
             raise ValueError(f"RecLoraConfig.gate_sharing must be one of {GATE_SHARING_MODES}, got {self.gate_sharing!r}")
         if self.mixing not in MIXING_MODES:
@@ -132,6 +140,26 @@ class RecLoraConfig(PeftConfig):
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("RecLoraConfig.layers_to_transform cannot be used when target_modules is a regex string")
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """PEFT's config save, then this adapter's row in the RecLoRA section of the model card PEFT has just written
+        next to it (``PeftModel.save_pretrained`` writes the card first, then each adapter's config)."""
+        super().save_pretrained(save_directory, **kwargs)
+        from .hub import add_adapter_to_card
+
+        add_adapter_to_card(save_directory, self)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """PEFT's config load. When PEFT reads the config to load the adapter's weights next (``PeftModel
+        .from_pretrained``, ``load_adapter``, ``AutoPeftModel*``) from a local folder that has no weights file, the error
+        names the folder and the file; PEFT would otherwise take the folder for a Hub repository id and fail with an
+        unrelated ``HFValidationError``."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder) and _called_to_load_weights():
+            check_weights_file(folder)
+        return config
+
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
@@ -140,3 +168,31 @@ class RecLoraConfig(PeftConfig):
     def total_rank(self) -> int:
         """Rank slots of one concatenated bank, num_meta_loras * r."""
         return self.num_meta_loras * self.r
+
+
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_weights_file(folder) -> None:
+    """Raise FileNotFoundError naming ``folder`` and the expected file when it holds no adapter weights."""
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_FILES):
+        raise FileNotFoundError(
+            f"The RecLoRA adapter folder {os.fspath(folder)!r} has adapter_config.json but no weights file: expected "
+            f"{WEIGHTS_FILES[0]} (or {WEIGHTS_FILES[1]}) next to it. Save the adapter with "
+            "model.save_pretrained(folder), or copy the weights file into the folder."
+        )
+
+
+def _called_to_load_weights(depth: int = 4) -> bool:
+    """Whether PEFT's adapter loading (which reads the weights right after the config) is among the callers."""
+    from peft import PeftModel
+
+    loaders = {PeftModel.load_adapter.__code__, PeftModel.from_pretrained.__func__.__code__}
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code in loaders:
+            return True
+        frame = frame.f_back
+    return False

@@ -13,7 +13,7 @@ The exported config uses lora_alpha = rank (scaling 1), since s is already folde
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -62,22 +62,13 @@ def personalized_lora_weights(tuner: "RecLoraModel", crm_embeds: torch.Tensor, a
     return weights
 
 
-def export_personalized_lora(
-    tuner: "RecLoraModel", crm_embeds: torch.Tensor, save_directory: str, adapter_name: str = "default"
-) -> None:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` of a plain LoRA equal to this user's RecLoRA.
-
-    The result loads with ``peft.PeftModel.from_pretrained(base_model, save_directory)`` alone and reproduces the
-    RecLoRA model's outputs for that user.
-    """
+def personalized_lora_config(tuner: "RecLoraModel", weights: dict, adapter_name: str = "default"):
+    """The ``LoraConfig`` of an exported user: rank of the folded update, scaling 1, the same target modules."""
     from peft import LoraConfig
 
     config = tuner.peft_config[adapter_name]
-    weights = personalized_lora_weights(tuner, crm_embeds, adapter_name)
-    if not weights:
-        raise ValueError(f"Adapter '{adapter_name}' has no adapted modules to export")
     rank = next(iter(weights.values()))[0].shape[0]
-    lora_config = LoraConfig(
+    return LoraConfig(
         r=rank,
         lora_alpha=rank,
         lora_dropout=0.0,
@@ -87,10 +78,72 @@ def export_personalized_lora(
         base_model_name_or_path=config.base_model_name_or_path,
         revision=config.revision,
     )
-    os.makedirs(save_directory, exist_ok=True)
-    lora_config.save_pretrained(save_directory)
+
+
+def personalized_lora_state_dict(weights: dict) -> dict:
+    """PEFT LoRA state-dict keys (as saved in ``adapter_model.safetensors``) for ``personalized_lora_weights``."""
     tensors = {}
     for name, (lora_A, lora_B) in weights.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = lora_A.contiguous().cpu()
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_B.contiguous().cpu()
-    save_file(tensors, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
+    return tensors
+
+
+def export_personalized_lora(
+    tuner: "RecLoraModel", crm_embeds: torch.Tensor, save_directory: str, adapter_name: str = "default"
+) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` of a plain LoRA equal to this user's RecLoRA.
+
+    The result loads with ``peft.PeftModel.from_pretrained(base_model, save_directory)`` alone and reproduces the
+    RecLoRA model's outputs for that user.
+    """
+    weights = personalized_lora_weights(tuner, crm_embeds, adapter_name)
+    if not weights:
+        raise ValueError(f"Adapter '{adapter_name}' has no adapted modules to export")
+    os.makedirs(save_directory, exist_ok=True)
+    personalized_lora_config(tuner, weights, adapter_name).save_pretrained(save_directory)
+    save_file(
+        personalized_lora_state_dict(weights),
+        os.path.join(save_directory, "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
+
+
+def personalized_lora_model(
+    base_model: torch.nn.Module,
+    reclora_model,
+    crm_embeds: torch.Tensor,
+    user_names: Sequence[str],
+    adapter_name: str = "default",
+):
+    """A plain PEFT LoRA model on ``base_model`` holding one personalized LoRA per row of ``crm_embeds``.
+
+    Serve it with PEFT's mixed-batch inference, ``model(input_ids, adapter_names=[user of each row])``: row b then
+    equals the RecLoRA model's output for that row with its user's ``crm_embeds``. ``base_model`` must be a separate
+    instance of the RecLoRA model's base (PEFT wraps the modules it adapts). With ``mixing="output"`` each user's LoRA
+    has rank num_meta_loras * r, the size of the whole bank, so memory grows with the number of users held.
+    """
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    tuner = getattr(reclora_model, "base_model", reclora_model)
+    if isinstance(crm_embeds, torch.Tensor) and crm_embeds.dim() == 1:
+        crm_embeds = crm_embeds.unsqueeze(0)
+    crm_embeds = validate_crm_embeds(crm_embeds)
+    names = list(user_names)
+    if len(names) != crm_embeds.shape[0]:
+        raise ValueError(f"user_names has {len(names)} names for {crm_embeds.shape[0]} rows of `crm_embeds`")
+    if len(set(names)) != len(names):
+        raise ValueError("user_names must be unique: each one becomes a LoRA adapter name")
+    model = None
+    for name, row in zip(names, crm_embeds):
+        weights = personalized_lora_weights(tuner, row[None], adapter_name)
+        config = personalized_lora_config(tuner, weights, adapter_name)
+        if model is None:
+            model = get_peft_model(base_model, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        result = set_peft_model_state_dict(model, personalized_lora_state_dict(weights), adapter_name=name)
+        if result.unexpected_keys:
+            raise ValueError(f"Personalized LoRA weights did not fit the base model: {result.unexpected_keys[:3]}")
+    model.eval()
+    return model

@@ -74,9 +74,11 @@ class RecLoraLayer(BaseTunerLayer):
         self.reclora_A[adapter_name] = nn.Parameter(torch.empty(total_rank, self.in_features))
         self.reclora_B[adapter_name] = nn.Parameter(torch.empty(self.out_features, total_rank))
         if config.gate_sharing == "per_module":
-            self.reclora_gate[adapter_name] = RecLoraGate(
+            gate = RecLoraGate(
                 config.crm_dim, config.gate_hidden_dim, config.num_meta_loras, config.temperature, config.gate_dropout
             )
+            self.reclora_gate[adapter_name] = gate
+            self._crm_context.gates.setdefault(adapter_name, []).append(gate)
         self.reset_reclora_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -147,7 +149,9 @@ class Linear(nn.Module, RecLoraLayer):
         if not adapter_names:
             return self.base_layer(x, *args, **kwargs)
 
-        self._crm_context.mark_layer_run()
+        context = self._crm_context
+        context.mark_layer_run()
+        call = context.require_call(adapter_names[0])
         batch_size = x.shape[0] if x.dim() >= 2 else 1
         if self._can_fuse_base(adapter_names, args, kwargs):
             name = adapter_names[0]
@@ -156,13 +160,13 @@ class Linear(nn.Module, RecLoraLayer):
                 x,
                 self.reclora_A[name],
                 self.reclora_B[name],
-                self._crm_context.gate(name, self.gate_module(name), batch_size, x.device),
+                context.gate(call, name, self.gate_module(name), batch_size, x.device),
                 self.scaling[name],
                 self.num_meta_loras[name],
                 mixing=self.mixing[name],
                 base_weight=base.weight,
                 base_bias=base.bias,
-                backend=self.kernel_backend[name],
+                backend=call.backend(self.kernel_backend[name], x.device, x.dtype),
             )
 
         result = self.base_layer(x, *args, **kwargs)
@@ -171,7 +175,7 @@ class Linear(nn.Module, RecLoraLayer):
             result = self.quantization_backend.maybe_clone_base_result(result)
         compute_x = x if x.dtype.is_floating_point else x.float()
         for name in adapter_names:
-            gate = self._crm_context.gate(name, self.gate_module(name), batch_size, x.device)
+            gate = context.gate(call, name, self.gate_module(name), batch_size, x.device)
             result = meta_lora(
                 self.reclora_dropout[name](compute_x),
                 self.reclora_A[name],
@@ -181,7 +185,7 @@ class Linear(nn.Module, RecLoraLayer):
                 self.num_meta_loras[name],
                 mixing=self.mixing[name],
                 base_output=result,
-                backend=self.kernel_backend[name],
+                backend=call.backend(self.kernel_backend[name], compute_x.device, compute_x.dtype),
             )
         return result.to(result_dtype)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import contextlib
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -23,7 +24,6 @@ from .crm_context import (
     capture_crm_embeds_hook,
     finish_call_hook,
     generate_with_crm,
-    validate_crm_embeds,
 )
 from .gate import RecLoraGate
 from .layer import MERGE_ERROR, Linear, RecLoraLayer
@@ -78,7 +78,7 @@ class RecLoraModel(BaseTuner):
         setattr(model, CONTEXT_ATTR, self._crm_context)
         self._crm_hook_handles = [
             model.register_forward_pre_hook(capture_crm_embeds_hook, with_kwargs=True),
-            model.register_forward_hook(finish_call_hook, with_kwargs=True),
+            model.register_forward_hook(finish_call_hook, with_kwargs=True, always_call=True),
         ]
         if hasattr(type(model), "generate"):
             # Instance-level override: transformers' generate rejects unknown kwargs, and PEFT's task_type=None path
@@ -101,6 +101,28 @@ class RecLoraModel(BaseTuner):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    @property
+    def check_crm_finite(self) -> bool:
+        """Refuse NaN/Inf ``crm_embeds`` (one device-to-host synchronisation per model call or ``generate``; on by
+        default). Set to False to skip the check in a serving loop whose inputs are already validated."""
+        return self._crm_context.check_finite
+
+    @check_crm_finite.setter
+    def check_crm_finite(self, value: bool) -> None:
+        self._crm_context.check_finite = bool(value)
+
+    @contextlib.contextmanager
+    def use_crm_embeds(self, crm_embeds: torch.Tensor) -> Iterator[None]:
+        """Condition every call inside the block on ``crm_embeds``, also calls of inner modules (the decoder alone,
+        one attention block) that the model's own ``crm_embeds=`` keyword cannot reach. Scoped to the current thread
+        or asyncio task, like a model call."""
+        context = self._crm_context
+        call = context.open_call(self.model, "scope", context.validate(crm_embeds))
+        try:
+            yield
+        finally:
+            context.release(call)
 
     def generate(self, *args, **kwargs):
         """``generate`` of the wrapped model; ``crm_embeds`` (batch, crm_dim) conditions every decoding step, beams and
@@ -135,6 +157,7 @@ class RecLoraModel(BaseTuner):
                 gate.to(device=device, dtype=dtype)
             gate.requires_grad_(not config.inference_mode)
             self.reclora_gate[adapter_name] = gate
+            self._crm_context.gates.setdefault(adapter_name, []).append(gate)
             created_gate = True
         self._crm_context.gate_dropout[adapter_name] = (config.gate_hidden_dim, config.gate_dropout)
         try:
@@ -150,6 +173,7 @@ class RecLoraModel(BaseTuner):
             if created_gate:
                 del self.reclora_gate[adapter_name]
             self._crm_context.gate_dropout.pop(adapter_name, None)
+            self._crm_context.gates.pop(adapter_name, None)
             raise
         self._freeze_inactive_shared_gates(inference_mode=config.inference_mode)
 
@@ -216,6 +240,7 @@ class RecLoraModel(BaseTuner):
         if adapter_name in self.reclora_gate:
             del self.reclora_gate[adapter_name]
         self._crm_context.gate_dropout.pop(adapter_name, None)
+        self._crm_context.gates.pop(adapter_name, None)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
@@ -264,7 +289,7 @@ class RecLoraModel(BaseTuner):
         if adapter_name not in self.peft_config:
             raise ValueError(f"Adapter {adapter_name} does not exist")
         config: RecLoraConfig = self.peft_config[adapter_name]
-        crm_embeds = validate_crm_embeds(crm_embeds)
+        crm_embeds = self._crm_context.validate(crm_embeds)
         if config.gate_sharing == "shared":
             gate = self.reclora_gate[adapter_name]
         else:
@@ -323,6 +348,13 @@ def check_adapter_state_dict(model: nn.Module, config: RecLoraConfig, adapter_na
                 f"({_field_hint(key)})"
             )
             break
+    if not problems:
+        non_finite = [
+            key for key in sorted(provided)
+            if provided[key].is_floating_point() and not bool(torch.isfinite(provided[key]).all())
+        ]
+        if non_finite:
+            problems.append(f"non-finite values (NaN or Inf) in {len(non_finite)} tensor(s): {', '.join(non_finite[:3])}")
     if problems:
         raise ValueError(
             f"The RecLoRA adapter weights for '{adapter_name}' do not match its adapter_config.json "

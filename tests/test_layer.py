@@ -30,10 +30,8 @@ def test_layer_matches_reference_forward_and_backward(gate_sharing, mixing, modu
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(4, 9, layer.in_features, dtype=torch.float64, generator=generator, requires_grad=True)
     crm = torch.randn(4, 6, dtype=torch.float64, generator=generator)
-    context = model.base_model._crm_context
-    context.begin_call(crm, training=False, checkpointing=False)
-
-    out = layer(x)
+    with model.base_model.use_crm_embeds(crm):
+        out = layer(x)
     gate_module = layer.gate_module("default")
     alpha = gate_module(crm)
     base = layer.get_base_layer()
@@ -56,18 +54,28 @@ def test_beam_expanded_batch_interleaves_gate_rows():
     layer = _first_layer(model)
     crm = torch.randn(2, 6, dtype=torch.float64)
     x = torch.randn(2, 5, layer.in_features, dtype=torch.float64)
-    model.base_model._crm_context.begin_call(crm, training=False, checkpointing=False)
-    single = layer(x)
-    doubled = layer(x.repeat_interleave(3, dim=0))  # what beam search feeds the layer
+    context = model.base_model._crm_context
+    call = context.open_call(model.base_model.model, "generate", crm, frozenset({1, 3}))  # as generate(num_beams=3)
+    try:
+        single = layer(x)
+        doubled = layer(x.repeat_interleave(3, dim=0))  # what beam search feeds the layer
+        with pytest.raises(ValueError, match="crm_embeds"):
+            layer(x.repeat_interleave(2, dim=0))  # a factor generate did not ask for
+    finally:
+        context.release(call)
     torch.testing.assert_close(doubled, single.repeat_interleave(3, dim=0))
 
 
 def test_layer_batch_that_does_not_fit_the_crm_raises():
     model = get_peft_model(make_tiny_llama(), reclora_config())
     layer = _first_layer(model)
-    model.base_model._crm_context.begin_call(torch.randn(2, 6), training=False, checkpointing=False)
-    with pytest.raises(ValueError, match="crm_embeds"):
-        layer(torch.randn(3, 4, layer.in_features))
+    with model.base_model.use_crm_embeds(torch.randn(2, 6)):
+        with pytest.raises(ValueError, match="crm_embeds"):
+            layer(torch.randn(3, 4, layer.in_features))
+        with pytest.raises(ValueError, match="crm_embeds"):
+            layer(torch.randn(4, 4, layer.in_features))  # no silent repetition outside generate
+    with pytest.raises(ValueError, match="outside a call"):
+        layer(torch.randn(2, 4, layer.in_features))
 
 
 def test_gate_is_a_distribution_and_temperature_smooths_it():

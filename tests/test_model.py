@@ -215,16 +215,30 @@ def test_gate_dropout_is_one_mask_per_call_shared_by_all_layers(batch):
     model = get_peft_model(make_tiny_llama(), reclora_config(gate_dropout=0.5))
     model.train()
     context = model.base_model._crm_context
-    model(**batch)
-    mask = context.dropout_masks["default"]
-    assert mask.shape == (3, 8) and set(mask.unique().tolist()) <= {0.0, 2.0}
     layers = [m for m in model.modules() if isinstance(m, RecLoraLayer)]
-    alphas = [context.gate("default", layer.gate_module("default"), 3, torch.device("cpu")) for layer in layers]
-    for alpha in alphas[1:]:
-        torch.testing.assert_close(alpha, alphas[0])
+    seen = []
+
+    def record(layer, args):
+        call = context.current_call()
+        alpha = context.gate(call, "default", layer.gate_module("default"), 3, torch.device("cpu"))
+        seen.append((call.dropout_masks.get("default"), alpha.detach()))
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    model(**batch)
+    masks = [mask for mask, _ in seen]
+    assert len(seen) == len(layers) and all(mask is masks[0] for mask in masks)
+    assert masks[0].shape == (3, 8) and set(masks[0].unique().tolist()) <= {0.0, 2.0}
+    for _, alpha in seen[1:]:
+        torch.testing.assert_close(alpha, seen[0][1])
+    seen.clear()
+    model(**batch)
+    assert not torch.equal(seen[0][0], masks[0]), "a new call draws new masks"
+    seen.clear()
     model.eval()
     model(**batch)
-    assert context.dropout_masks == {}
+    assert all(mask is None for mask, _ in seen)
+    for hook in hooks:
+        hook.remove()
 
 
 def test_multiple_adapters(batch):

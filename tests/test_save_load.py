@@ -123,47 +123,6 @@ def test_missing_keys_raise(tmp_path):
         model.load_adapter(tmp_path, adapter_name="broken")
 
 
-def test_push_to_hub_uploads_a_loadable_adapter_with_a_reclora_card(tmp_path, monkeypatch, batch):
-    """The upload is intercepted at the huggingface_hub API boundary; what would have been uploaded is loaded back."""
-    import huggingface_hub
-
-    uploaded = tmp_path / "uploaded"
-    calls = {}
-
-    def create_repo(self, repo_id, *, private=None, token=None, exist_ok=False, **kwargs):
-        calls["create_repo"] = {"repo_id": repo_id, "private": private}
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_branch(self, repo_id, *, branch, **kwargs):
-        calls["create_branch"] = branch
-
-    def upload_folder(self, *, repo_id, folder_path, revision=None, commit_message=None, **kwargs):
-        import shutil
-
-        shutil.copytree(folder_path, uploaded)
-        calls["upload_folder"] = {"repo_id": repo_id, "revision": revision, "message": commit_message}
-        return "https://huggingface.co/commit/0"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-
-    model = _trained()
-    expected = model(**batch).logits
-    model.push_to_hub("someone/reclora-tiny", private=True, revision="v1", tags=["movies"])
-    assert calls["create_repo"] == {"repo_id": "someone/reclora-tiny", "private": True}
-    assert calls["create_branch"] == "v1" and calls["upload_folder"]["revision"] == "v1"
-
-    card = huggingface_hub.ModelCard.load(uploaded / "README.md")
-    assert card.data.library_name == "peft"
-    assert {"reclora", "recommendation", "movies"} <= set(card.data.tags)
-    text = card.text
-    assert "import peft_reclora" in text and "someone/reclora-tiny" in text
-    assert "| default | 4 | 2 | 4 | 6 |" in text  # N_m, r, lora_alpha, crm_dim
-    loaded = PeftModel.from_pretrained(make_tiny_llama(), uploaded)
-    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("mixing", ["output", "weights"])
 @pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
 def test_export_personalized_lora_loads_in_plain_peft_with_the_same_outputs(tmp_path, mixing, gate_sharing):

@@ -53,14 +53,22 @@ def triton_available() -> bool:
 AUTO_TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def resolve_backend(backend: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
-    """Turn ``None``/``"auto"`` (or the environment override) into a concrete backend for ``dtype`` tensors on
-    ``device``."""
+def resolve_backend(
+    backend: Optional[str],
+    device: torch.device,
+    dtype: Optional[torch.dtype] = None,
+    *,
+    use_environment: bool = True,
+    source: str = "backend",
+) -> str:
+    """Turn ``None``/``"auto"`` (or, with ``use_environment``, the environment override) into a concrete backend for
+    ``dtype`` tensors on ``device``. RecLoRA layers resolve once per model call and pass the result down."""
     requested = backend or "auto"
-    if requested == "auto":
-        requested = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
+    if requested == "auto" and use_environment:
+        override = os.environ.get(BACKEND_ENV_VAR) or "auto"
+        if override != "auto":
+            requested, source = override, f"the {BACKEND_ENV_VAR} environment variable"
     if requested not in BACKENDS:
-        source = f"the {BACKEND_ENV_VAR} environment variable" if requested != (backend or "auto") else "backend"
         raise ValueError(f"Unknown meta-LoRA backend {requested!r} (from {source}); choose one of {BACKENDS}")
     if requested != "auto":
         return requested
