@@ -63,3 +63,19 @@ def smollm2_dir():
     from reclora_pipeline.llm import ensure_embedded_checkpoint
 
     return ensure_embedded_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory, smollm2_dir):
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local model folder (pipeline runs in seconds)."""
+    from support.pipeline_runs import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-smollm2-tokenizer"), smollm2_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_base_model(tmp_path_factory, smollm2_dir):
+    """Another tiny Llama (other seed, other width): a second base model for reruns that change it."""
+    from support.pipeline_runs import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("other-tiny-llama"), smollm2_dir, seed=1, hidden_size=48)

@@ -8,7 +8,7 @@ import pytest
 
 from reclora_pipeline.cli import COMMANDS, build_parser, main
 from reclora_pipeline.data import RecDataset
-from reclora_pipeline.data.synthetic import make_world, write_ml1m
+from support.synthetic_data import make_world, write_ml1m
 from reclora_pipeline.retriever import RetrievalResult
 
 from conftest import make_tiny_llama

@@ -15,7 +15,7 @@ from reclora_pipeline.crm import (
     freeze_crm,
     precompute_crm_embeds,
 )
-from reclora_pipeline.crm.synthetic import make_synthetic_splits
+from support.synthetic_features import make_synthetic_splits
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 24), dropout=0.5)
 

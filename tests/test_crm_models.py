@@ -13,7 +13,7 @@ from reclora_pipeline.crm import (
     train_crm,
 )
 from reclora_pipeline.crm.layers import left_align, masked_softmax
-from reclora_pipeline.crm.synthetic import make_synthetic_splits
+from support.synthetic_features import make_synthetic_splits
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 24))
 
@@ -26,6 +26,14 @@ def splits():
 def test_registry_lists_the_paper_models():
     names = set(available_crms())
     assert {"sim", "din", "deepfm", "dcnv2", "gru4rec", "sasrec"} <= names
+    # The registry is the one list the pipeline reads: names, display names and the history each model reads.
+    from reclora_pipeline.crm import crm_class
+
+    shown = {name: crm_class(name).display_name for name in names}
+    assert shown["sim"] == "SIM" and shown["deepfm"] == "DeepFM" and len(set(shown.values())) == len(names)
+    assert all(crm_class(name).name == name for name in names)
+    assert {name for name in names if crm_class(name).history_source == "retrieved"} == {"sim"}
+    assert all(crm_class(name).history_source in ("retrieved", "recent") for name in names)
 
 
 def test_unknown_model_and_hyper_parameter_are_named(splits):
@@ -39,10 +47,8 @@ def test_unknown_model_and_hyper_parameter_are_named(splits):
 
 @pytest.mark.parametrize("name", available_crms())
 def test_model_learns_synthetic_signal(splits, name):
-    config = CrmTrainingConfig(
-        epochs=4, batch_size=256, learning_rate=3e-3, patience=2, progress=False, model_kwargs=SMALL
-    )
-    model, report = train_crm(name, splits["train"], splits["valid"], config)
+    config = CrmTrainingConfig(epochs=4, batch_size=256, learning_rate=3e-3, patience=2)
+    model, report = train_crm(name, splits["train"], splits["valid"], config, model_kwargs=SMALL, progress=False)
     metrics = evaluate_crm(model, splits["test"])
     # Chance is 0.5; the true affinity scores about 0.89 here, and 4 epochs on 5,000 samples reach 0.64-0.69.
     assert metrics["auc"] > 0.6, (name, metrics, report.history)

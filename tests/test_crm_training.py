@@ -12,7 +12,7 @@ from reclora_pipeline.crm import (
     predict_crm,
     train_crm,
 )
-from reclora_pipeline.crm.synthetic import make_synthetic_splits
+from support.synthetic_features import make_synthetic_splits
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 16))
 
@@ -23,16 +23,20 @@ def splits():
 
 
 def _config(**overrides):
-    values = dict(epochs=3, batch_size=256, learning_rate=3e-3, progress=False, model_kwargs=SMALL)
+    values = dict(epochs=3, batch_size=256, learning_rate=3e-3)
     values.update(overrides)
     return CrmTrainingConfig(**values)
+
+
+def _train(name, train, valid, config, model_kwargs=SMALL):
+    return train_crm(name, train, valid, config, model_kwargs=model_kwargs, progress=False)
 
 
 def test_early_stopping_restores_best_epoch(splits):
     # Overfit on purpose (large learning rate, no dropout, few samples): validation AUC peaks early, then falls.
     train = splits["train"].subset(np.arange(1500))
-    config = _config(epochs=15, patience=2, learning_rate=2e-2, model_kwargs=dict(SMALL, dropout=0.0))
-    model, report = train_crm("din", train, splits["valid"], config)
+    config = _config(epochs=15, patience=2, learning_rate=2e-2)
+    model, report = _train("din", train, splits["valid"], config, model_kwargs=dict(SMALL, dropout=0.0))
     aucs = [epoch["valid_auc"] for epoch in report.history]
     assert report.stopped_early and report.epochs_run < 15
     assert report.best_epoch == int(np.argmax(aucs)) + 1
@@ -45,7 +49,7 @@ def test_early_stopping_restores_best_epoch(splits):
 
 
 def test_training_runs_every_epoch_without_early_stop(splits):
-    model, report = train_crm("deepfm", splits["train"], splits["valid"], _config(epochs=3, patience=5))
+    model, report = _train("deepfm", splits["train"], splits["valid"], _config(epochs=3, patience=5))
     assert report.epochs_run == 3 and not report.stopped_early
     assert [epoch["epoch"] for epoch in report.history] == [1, 2, 3]
     assert report.num_train == len(splits["train"]) and report.crm_dim == 16
@@ -53,12 +57,12 @@ def test_training_runs_every_epoch_without_early_stop(splits):
 
 
 def test_training_is_deterministic_on_cpu(splits):
-    first_model, first = train_crm("sim", splits["train"], splits["valid"], _config(epochs=2, seed=5))
-    second_model, second = train_crm("sim", splits["train"], splits["valid"], _config(epochs=2, seed=5))
+    first_model, first = _train("sim", splits["train"], splits["valid"], _config(epochs=2, seed=5))
+    second_model, second = _train("sim", splits["train"], splits["valid"], _config(epochs=2, seed=5))
     assert [e["train_loss"] for e in first.history] == [e["train_loss"] for e in second.history]
     for (name, a), (_, b) in zip(first_model.state_dict().items(), second_model.state_dict().items()):
         assert torch.equal(a, b), name
-    _, other = train_crm("sim", splits["train"], splits["valid"], _config(epochs=2, seed=6))
+    _, other = _train("sim", splits["train"], splits["valid"], _config(epochs=2, seed=6))
     assert other.history[0]["train_loss"] != first.history[0]["train_loss"]
 
 
@@ -76,7 +80,7 @@ def test_evaluation_matches_sklearn(splits):
 def test_a_trailing_single_row_is_trained_not_dropped(splits):
     """257 rows at batch 256: the last row joins the previous batch (batch-norm cannot train on one row)."""
     train = splits["train"].subset(np.arange(257))
-    _, report = train_crm("deepfm", train, splits["valid"], _config(epochs=1))
+    _, report = _train("deepfm", train, splits["valid"], _config(epochs=1))
     assert report.num_train == 257 and np.isfinite(report.history[0]["train_loss"])
 
 
@@ -84,12 +88,12 @@ def test_mismatched_or_bad_features_are_rejected(splits):
     valid = splits["valid"]
     narrow = type(valid)(**{**valid.__dict__, "vocab_size": valid.vocab_size - 5})
     with pytest.raises(ValueError, match="vocab_size"):
-        train_crm("sim", splits["train"], narrow, _config(epochs=1))
+        _train("sim", splits["train"], narrow, _config(epochs=1))
 
     bad_labels = valid.subset(np.arange(len(valid)))
     bad_labels.labels[3] = 0.5
     with pytest.raises(ValueError, match=f"label 0.5 of sample_id {valid.sample_id[3]}"):
-        train_crm("sim", splits["train"], bad_labels, _config(epochs=1))
+        _train("sim", splits["train"], bad_labels, _config(epochs=1))
 
     one_class = valid.subset(np.arange(100))
     one_class.labels[:] = 1.0

@@ -7,14 +7,12 @@ import pandas as pd
 import pytest
 
 from reclora_pipeline.crm.inputs import CrmSchema, check_features
-from reclora_pipeline.data import (
-    FieldVocabulary, RecDataset, ReadReport, build_ctr_features, load_dataset,
-)
-from reclora_pipeline.data.movielens import ML_25M
+from reclora_pipeline.data import RecDataset, ReadReport, load_dataset
+from reclora_pipeline.data.movielens import ML_1M, ML_25M
 from reclora_pipeline.data.processing import k_core, process
 from reclora_pipeline.data.raw import RawData
-from reclora_pipeline.data.synthetic import make_world, write_ml1m
-from reclora_pipeline.prompts import build_prompt
+from reclora_pipeline.views import FieldVocabulary, build_ctr_features, build_prompt
+from support.synthetic_data import make_world, write_ml1m
 
 
 def raw_from(users, items, ratings, timestamps, spec=ML_25M) -> RawData:
@@ -190,7 +188,7 @@ def test_text_records_leave_pure_ids_out(ml1m_dataset):
     titles = dataset.items.set_index("item_id")["title"]
     assert record.history == [(titles[i], int(r)) for i, r in zip(history.item_id, history.rating)]
     assert record.target_title == titles[sample["item_id"]] and record.label == sample["label"]
-    prompt = build_prompt("ml-1m", record)  # the prompt templates take a TextRecord as it is
+    prompt = build_prompt(ML_1M, record)  # the prompt is written from the TextRecord and the dataset's schema
     assert record.target_title in prompt and user["zip_code"] not in prompt
     # An explicit short history: any order in, oldest first out; an item the user had not rated before fails.
     chosen = list(dataset.history([sample_id]).item_id[:3])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from reclora_pipeline.data import DataFormatError, load_dataset, read_raw
-from reclora_pipeline.data.synthetic import (
+from support.synthetic_data import (
     make_world, write_goodreads, write_ml1m, write_ml25m, write_ml100k_grouplens, write_ml100k_recbole,
 )
 
@@ -132,6 +132,9 @@ def test_bad_rows_are_counted_with_reason_and_line(tmp_path):
     rows[7] = "1::3::x::880000000"  # a rating that is not a number
     rows[9] = "2::4::7::880000000"  # off the 1..5 scale
     rows[11] = "999::1::4::880000000"  # a user missing from users.dat
+    rows[13] = "3::5::4::1e30"  # a time int64 seconds cannot hold (it used to wrap around to a negative time)
+    rows[15] = "3::6::4::9223372036854775808"  # 2**63: one second too far
+    rows[17] = "3::7::4::-5"  # before 1970
     _write_ratings(tmp_path / "ratings.dat", rows)
     dataset = load_dataset("ml-1m", tmp_path, max_bad_fraction=0.05, **RAW)
     rejected = dataset.stats["rows_rejected"]["ratings.dat"]
@@ -140,12 +143,16 @@ def test_bad_rows_are_counted_with_reason_and_line(tmp_path):
         "rating 'x' is not a number": 1,
         "rating 7 is off the 1..5 scale (step 1)": 1,
         "user id not in the user file": 1,
+        "timestamp '1e30' is beyond what int64 seconds can hold": 1,
+        "timestamp '9223372036854775808' is beyond what int64 seconds can hold": 1,
+        "timestamp '-5' is not a non-negative number": 1,
     }
-    assert len(dataset.interactions) == len(rows) - 4
+    assert len(dataset.interactions) == len(rows) - 7
+    assert dataset.interactions["timestamp"].min() >= 0
     lines = {example["line"] for bucket, examples in dataset.stats["examples"].items() if bucket.startswith("rejected")
              for example in examples}
-    assert lines == {4, 8, 10, 12}
-    with pytest.raises(DataFormatError, match=r"ratings\.dat: 3 of \d+ rows .* line 4 \(expected 4 fields") as info:
+    assert lines == {4, 8, 10, 12, 14, 16, 18}
+    with pytest.raises(DataFormatError, match=r"ratings\.dat: 6 of \d+ rows .* line 4 \(expected 4 fields") as info:
         load_dataset("ml-1m", tmp_path, max_bad_fraction=0.001, **RAW)
     assert info.value.line == 4 and info.value.path.endswith("ratings.dat")
 

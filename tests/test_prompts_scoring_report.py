@@ -1,7 +1,6 @@
 """Prompt templates, Yes/No scoring and run reports."""
 
 import csv
-import json
 
 import numpy as np
 import pandas as pd
@@ -9,21 +8,25 @@ import pytest
 import torch
 
 from reclora_pipeline.metrics import auc, ctr_metrics, logloss, rel_impr
-from reclora_pipeline.prompts import PromptFormatter, PromptRecord, build_prompt
-from reclora_pipeline.report import ResultsBook, plot_gate_usage, plot_model_comparison
+from reclora_pipeline.data import SPECS
+from reclora_pipeline.data.raw import DatasetSpec
+from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison
 from reclora_pipeline.scoring import left_pad, score_yes_probability
+from reclora_pipeline.stages.report import markdown, write_predictions
+from reclora_pipeline.stages.score import checked_scores
+from reclora_pipeline.views import PromptFormatter, TextRecord, build_prompt
 
 from conftest import TINY_VOCAB, make_tiny_llama
 
 
 def test_movielens_prompt_matches_the_papers_figure_2():
-    record = PromptRecord(
+    record = TextRecord(
         sample_id=1,
         target_title="Titanic (1997)",
         history=[("Pump Up the Volume (1990)", 4), ("Antz (1998)", 4), ("Devil's Own, The (1997)", 5), ("Crying Game, The (1992)", 1)],
         profile={"gender": "M", "occupation": "writer", "age": "35-45"},
     )
-    text = build_prompt("ml-1m", record)
+    text = build_prompt(SPECS["ml-1m"], record)
     assert text.splitlines() == [
         "The user is a male. His job is writer. His age is 35-45.",
         "He watched the following movies in order in the past, and rated them:",
@@ -35,13 +38,14 @@ def test_movielens_prompt_matches_the_papers_figure_2():
 
 
 def test_other_templates_and_ids_stay_out():
-    record = PromptRecord(sample_id=9, target_title="Dune", history=[("Emma", 3.5)], profile={"gender": "F", "user_id": "u77"})
-    books = build_prompt("goodreads", record)
+    record = TextRecord(sample_id=9, target_title="Dune", history=[("Emma", 3.5)], profile={"gender": "F", "user_id": "u77"})
+    books = build_prompt(SPECS["goodreads"], record)
     assert "book ***Dune***" in books and "3.5 stars" in books and "u77" not in books
-    movies25 = build_prompt("ml-25m", record)
+    movies25 = build_prompt(SPECS["ml-25m"], record)  # a schema without profile fields: no profile sentence
     assert movies25.startswith("The user watched") and "female" not in movies25
-    with pytest.raises(ValueError, match="No prompt template"):
-        build_prompt("netflix", record)
+    shows = DatasetSpec(**{**SPECS["ml-25m"].to_dict(), "name": "netflix", "item_noun": "show"})
+    with pytest.raises(ValueError, match="No prompt template for 'netflix' items"):
+        build_prompt(shows, record)
 
 
 def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):
@@ -88,20 +92,23 @@ def test_metrics():
         auc([1, 1], [0.2, 0.3])
 
 
-def test_results_book_writes_json_csv_markdown_and_plots(tmp_path):
+def test_report_writes_predictions_markdown_and_plots(tmp_path):
     rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"], "timestamp": [10, 20, 30], "label": [0, 1, 1]})
-    book = ResultsBook(tmp_path, reference="RecLoRA", metadata={"dataset": "toy"})
-    book.add("SIM", rows["label"], [0.2, 0.6, 0.7], kind="crm", rows=rows)
-    book.add("RecLoRA", rows["label"], [0.1, 0.8, 0.9], kind="llm", settings={"num_meta_loras": 4}, rows=rows)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["dataset"] == "toy" and set(results["models"]) == {"SIM", "RecLoRA"}
-    assert results["models"]["SIM"]["rel_impr"] == pytest.approx(0.0)
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "Old model.csv").write_text("stale")
+    write_predictions(tmp_path / "predictions", rows, {"SIM": [0.2, 0.6, 0.7], "RecLoRA": [0.1, 0.8, 0.9]})
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["RecLoRA.csv", "SIM.csv"]
     with (tmp_path / "predictions" / "RecLoRA.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["user_id"] for r in table] == ["u1", "u2", "u3"] and table[1]["score"] == "0.800000"
-    assert "| RecLoRA | llm | 1.0000 |" in (tmp_path / "results.md").read_text()
-    with pytest.raises(ValueError, match="non-finite"):
-        book.add("Broken", rows["label"], [0.1, float("nan"), 0.3], kind="llm", rows=rows)
-    assert plot_model_comparison(results["models"], tmp_path / "plots" / "models.png").stat().st_size > 1000
+    models = {"SIM": {"kind": "crm", "auc": 1.0, "logloss": 0.4, "n": 3, "rel_impr": 0.0},
+              "RecLoRA": {"kind": "llm", "auc": 1.0, "logloss": 0.2, "n": 3, "rel_impr": None}}
+    text = markdown(models)
+    assert "| RecLoRA | llm | 1.0000 | 0.2000 | - | 3 |" in text and "| SIM | crm | 1.0000 | 0.4000 | +0.00% |" in text
+    with pytest.raises(ValueError, match="Broken produced non-finite scores"):
+        checked_scores("Broken", [0.1, float("nan"), 0.3])
+    with pytest.raises(ValueError, match="2 scores of SIM for 3 samples"):
+        write_predictions(tmp_path / "predictions", rows, {"SIM": [0.2, 0.6]})
+    assert plot_model_comparison(models, tmp_path / "plots" / "models.png").stat().st_size > 1000
     alpha = np.random.default_rng(0).dirichlet(np.ones(4), size=20)
     assert plot_gate_usage(alpha, tmp_path / "plots" / "gate.png").stat().st_size > 1000

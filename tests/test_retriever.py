@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from reclora_pipeline.data import build_ctr_features, load_dataset
+from reclora_pipeline.config import RetrievalConfig
+from reclora_pipeline.data import load_dataset
 from reclora_pipeline.data.history import history_ends
-from reclora_pipeline.data.synthetic import make_world, write_ml1m
-from reclora_pipeline.data.text import item_description
+from support.synthetic_data import make_world, write_ml1m
+from reclora_pipeline.views.text import item_description
 from reclora_pipeline.retriever import (
-    RetrievalResult, RetrieverConfig, encode_items, encode_texts, reduce_and_normalize, retrieve, semantic_top_k,
+    RetrievalResult, encode_items, encode_texts, reduce_and_normalize, retrieve, semantic_top_k,
 )
+from reclora_pipeline.views import build_ctr_features
 
 from conftest import make_tiny_llama
 
@@ -80,7 +82,7 @@ def dataset(tmp_path_factory):
 
 
 def test_recent_mode_is_the_last_k(dataset):
-    result = retrieve(dataset, RetrieverConfig(mode="recent", k_long=6, k_short=2, progress=False))
+    result = retrieve(dataset, RetrievalConfig(mode="recent", k_long=6, k_short=2), progress=False)
     ids = dataset.sample_ids()
     for sample_id in ids[::37]:
         assert result.long_item_ids(dataset, sample_id) == list(dataset.history([sample_id], max_len=6).item_id)
@@ -91,8 +93,8 @@ def test_results_are_keyed_by_sample_id_and_bound_to_their_dataset(tmp_path, dat
     rng = np.random.default_rng(1)
     vectors, _ = reduce_and_normalize(rng.normal(size=(len(dataset.items), 24)), dim=16)
     subset = dataset.sample_ids("test")
-    result = retrieve(dataset, RetrieverConfig(k_long=5, k_short=2, progress=False), vectors=vectors,
-                      sample_ids=subset[::-1])
+    result = retrieve(dataset, RetrievalConfig(k_long=5, k_short=2), vectors=vectors, sample_ids=subset[::-1],
+                      progress=False)
     assert np.array_equal(result.sample_id, subset)
     loaded = RetrievalResult.load(result.save(tmp_path / "semantic"), dataset)
     shuffled = rng.permutation(subset)
@@ -171,17 +173,17 @@ def test_item_encodings_are_cached_under_model_dataset_pooling_and_text(tmp_path
     calls = []
     handle = tiny_model.model.register_forward_hook(lambda *args: calls.append(1))
     try:
-        config = RetrieverConfig(cache_dir=str(tmp_path), batch_size=16, progress=False)
-        first = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer)
+        config = RetrievalConfig(cache_dir=str(tmp_path), batch_size=16)
+        first = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer, progress=False)
         forward_calls = len(calls)
         assert first.metadata["cache"] == "miss" and forward_calls == -(-len(dataset.items) // 16)
-        again = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer)
+        again = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer, progress=False)
         assert again.metadata["cache"] == "hit" and len(calls) == forward_calls
         np.testing.assert_array_equal(first.vectors, again.vectors)
-        last = encode_items(dataset, RetrieverConfig(cache_dir=str(tmp_path), pooling="last", progress=False),
-                            model=tiny_model, tokenizer=tokenizer)
+        last = encode_items(dataset, RetrievalConfig(cache_dir=str(tmp_path), pooling="last"),
+                            model=tiny_model, tokenizer=tokenizer, progress=False)
         other_model = encode_items(dataset, config, model=make_tiny_llama(seed=4, vocab_size=len(tokenizer)),
-                                   tokenizer=tokenizer)
+                                   tokenizer=tokenizer, progress=False)
         assert len({first.key, last.key, other_model.key}) == 3 and last.metadata["cache"] == "miss"
         assert len(list(tmp_path.glob("*.npz"))) == 3
     finally:
@@ -189,13 +191,13 @@ def test_item_encodings_are_cached_under_model_dataset_pooling_and_text(tmp_path
 
 
 def test_semantic_retrieval_end_to_end_with_a_tiny_model(tmp_path, dataset, tiny_model, tokenizer):
-    config = RetrieverConfig(k_long=8, k_short=3, cache_dir=str(tmp_path), progress=False)
-    result = retrieve(dataset, config, model=tiny_model, tokenizer=tokenizer)
+    config = RetrievalConfig(k_long=8, k_short=3, cache_dir=str(tmp_path))
+    result = retrieve(dataset, config, model=tiny_model, tokenizer=tokenizer, progress=False)
     assert len(result) == len(dataset) and result.mode == "semantic"
     assert result.metadata["pca"]["pca_dim"] == min(512, len(dataset.items) - 1, 32)
-    encodings = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer)
+    encodings = encode_items(dataset, config, model=tiny_model, tokenizer=tokenizer, progress=False)
     vectors, _ = reduce_and_normalize(encodings.vectors, 512)
-    expected = retrieve(dataset, config, vectors=vectors)
+    expected = retrieve(dataset, config, vectors=vectors, progress=False)
     np.testing.assert_array_equal(result.long, expected.long)
     start, end = dataset.history_bounds(result.sample_id)
     filled = result.long >= 0

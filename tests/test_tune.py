@@ -1,21 +1,25 @@
-"""Stage-2 tuning: answer-token loss, only adapter parameters train, exact resume from a checkpoint."""
+"""Stage-2 tuning: answer-token loss, only adapter parameters train, exact resume from a checkpoint; the PEFT config
+comes from the method and tune.adapter, the TrainingArguments from tune.training, both as given."""
 
 import numpy as np
 import pytest
 import torch
 
-from reclora_pipeline.tune import (
+from reclora_pipeline.config import RunConfig
+from reclora_pipeline.methods import Lora, RecLora
+from reclora_pipeline.sampling import load_index_file, save_index_file, seeded_sample
+from reclora_pipeline.trainer import (
     AnswerTokenDataset,
     LeftPadCollator,
-    TuneSettings,
     build_peft_model,
-    few_shot_indices,
-    load_index_file,
-    save_index_file,
     train_adapter,
+    training_arguments,
+    training_arguments_problem,
 )
 
 from conftest import TINY_VOCAB, make_tiny_llama
+
+ADAPTER = dict(r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8)
 
 
 def _dataset(n=12, with_crm=True, seed=0):
@@ -27,11 +31,15 @@ def _dataset(n=12, with_crm=True, seed=0):
     return AnswerTokenDataset(list(range(100, 100 + n)), token_ids, answers, crm)
 
 
-def _settings(method="reclora", **overrides):
-    values = dict(method=method, r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8, epochs=2, batch_size=4,
-                  learning_rate=5e-3, logging_steps=1, seed=3)
+def _training(**overrides):
+    values = dict(num_train_epochs=2, per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=1, seed=3,
+                  data_seed=3)
     values.update(overrides)
-    return TuneSettings(**values)
+    return values
+
+
+def _peft_config(method="reclora"):
+    return (RecLora() if method == "reclora" else Lora()).peft_config(ADAPTER, crm_dim=6)
 
 
 def test_collator_left_pads_and_stacks():
@@ -45,9 +53,9 @@ def test_collator_left_pads_and_stacks():
 @pytest.mark.parametrize("method", ["reclora", "lora"])
 def test_training_lowers_the_answer_loss_and_only_adapters_change(tmp_path, method):
     dataset = _dataset(with_crm=method == "reclora")
-    model = build_peft_model(make_tiny_llama(), _settings(method), crm_dim=6 if method == "reclora" else None)
+    model = build_peft_model(make_tiny_llama(), _peft_config(method))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    summary = train_adapter(model, dataset, _settings(method, epochs=6), tmp_path, pad_id=0, progress=False)
+    summary = train_adapter(model, dataset, _training(num_train_epochs=6), tmp_path, pad_id=0, progress=False)
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert all(torch.equal(frozen[n], p) for n, p in model.named_parameters() if n in frozen)
@@ -56,13 +64,13 @@ def test_training_lowers_the_answer_loss_and_only_adapters_change(tmp_path, meth
 
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
     dataset = _dataset(n=16)
-    straight = build_peft_model(make_tiny_llama(), _settings(), crm_dim=6)
-    train_adapter(straight, dataset, _settings(save_steps=4), tmp_path / "straight", pad_id=0, progress=False)
+    straight = build_peft_model(make_tiny_llama(), _peft_config())
+    train_adapter(straight, dataset, _training(save_steps=4), tmp_path / "straight", pad_id=0, progress=False)
 
-    resumed = build_peft_model(make_tiny_llama(), _settings(), crm_dim=6)
+    resumed = build_peft_model(make_tiny_llama(), _peft_config())
     checkpoint = tmp_path / "straight" / "checkpoints" / "checkpoint-4"
     assert checkpoint.is_dir()
-    train_adapter(resumed, dataset, _settings(save_steps=4), tmp_path / "resumed", pad_id=0, progress=False,
+    train_adapter(resumed, dataset, _training(save_steps=4), tmp_path / "resumed", pad_id=0, progress=False,
                   resume_from_checkpoint=str(checkpoint))
     want = {n: p for n, p in straight.named_parameters() if "reclora_" in n}
     got = {n: p for n, p in resumed.named_parameters() if "reclora_" in n}
@@ -80,23 +88,24 @@ def test_dataset_refuses_misaligned_inputs():
 
 def test_few_shot_sample_is_seeded_and_stored(tmp_path):
     ids = np.arange(1000, 2000)
-    first, again, other = few_shot_indices(ids, 50, 7), few_shot_indices(ids, 50, 7), few_shot_indices(ids, 50, 8)
+    first, again, other = seeded_sample(ids, 50, 7), seeded_sample(ids, 50, 7), seeded_sample(ids, 50, 8)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert len(set(first.tolist())) == 50 and set(first.tolist()) <= set(ids.tolist())
     save_index_file(tmp_path / "train_ids.json", first, seed=7)
     assert np.array_equal(load_index_file(tmp_path / "train_ids.json"), first)
-    with pytest.raises(ValueError, match="exceeds"):
-        few_shot_indices(ids, 5000, 0)
+    with pytest.raises(ValueError, match="few-shot size 5000 exceeds"):
+        seeded_sample(ids, 5000, 0, what="few-shot")
+    assert np.array_equal(seeded_sample(ids[::-1], None, 0), ids)  # None: all of them, sorted
 
 
 def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
     from transformers import TrainingArguments
 
-    from reclora_pipeline.tune import _answer_token_trainer_class
+    from reclora_pipeline.trainer import _answer_token_trainer_class
 
     args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
     dataset = _dataset(n=8)
-    model = build_peft_model(make_tiny_llama(), _settings(), crm_dim=6)
+    model = build_peft_model(make_tiny_llama(), _peft_config())
     batch = LeftPadCollator(pad_id=0)([dataset[i] for i in range(8)])
     trainer = _answer_token_trainer_class()(model=model, args=args, answer_pair=(6, 5))
     loss = trainer.compute_loss(model, batch)
@@ -109,10 +118,51 @@ def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
     assert vocab.item() > loss.item()  # the whole vocabulary competes with the answer token
 
     with pytest.raises(ValueError, match="answer_pair"):
-        train_adapter(model, dataset, _settings(loss="yes_no"), tmp_path, pad_id=0, progress=False)
+        train_adapter(model, dataset, _training(), tmp_path, pad_id=0, loss="yes_no", progress=False)
     with pytest.raises(ValueError, match="loss"):
-        _settings(loss="hinge")
-    summary = train_adapter(model, dataset, _settings(loss="yes_no", epochs=4), tmp_path, pad_id=0, progress=False,
-                            answer_pair=(6, 5))
+        train_adapter(model, dataset, _training(), tmp_path, pad_id=0, loss="hinge", progress=False)
+    summary = train_adapter(model, dataset, _training(num_train_epochs=4), tmp_path, pad_id=0, loss="yes_no",
+                            progress=False, answer_pair=(6, 5))
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert losses[-1] < losses[0] and losses[0] < 1.5  # two classes: starts near log 2, not near log |vocab|
+
+
+def test_peft_configs_take_tune_adapter_as_given():
+    """Every key reaches the config class that has it, unchanged; LoRA baselines keep the configured lora_alpha."""
+    import peft_reclora
+    from peft import LoraConfig
+
+    from reclora_pipeline.methods import LoraSameParams
+
+    adapter = {"r": 4, "lora_alpha": 32, "mixing": "weights", "gate_sharing": "per_module", "temperature": 2.0,
+               "use_rslora": True, "target_modules": ["q_proj"], "lora_dropout": 0.1}
+    reclora = RecLora().peft_config(adapter, crm_dim=6)
+    assert isinstance(reclora, peft_reclora.RecLoraConfig)
+    assert (reclora.r, reclora.lora_alpha, reclora.mixing, reclora.gate_sharing, reclora.temperature) == \
+        (4, 32, "weights", "per_module", 2.0)
+    assert reclora.lora_dropout == 0.1 and reclora.target_modules == {"q_proj"}
+    lora = Lora().peft_config(adapter)
+    assert isinstance(lora, LoraConfig) and (lora.r, lora.lora_alpha, lora.use_rslora) == (4, 32, True)
+    same = LoraSameParams().peft_config({**adapter, "num_meta_loras": 8})
+    assert (same.r, same.lora_alpha) == (32, 256)  # rank N_m * r, and the same scaling lora_alpha / r as RecLoRA
+    assert Lora().peft_config({}).lora_alpha == LoraConfig().lora_alpha  # nothing re-defaulted on the way
+    config = RunConfig().override({"tune.adapter.r": 4, "tune.adapter.num_meta_loras": 2})
+    assert LoraSameParams().name(config) == "LoRA (r=8)" and Lora().name(config) == "LoRA (r=4)"
+
+
+def test_training_arguments_come_from_tune_training(tmp_path):
+    args = training_arguments({"num_train_epochs": 2.0, "learning_rate": 3e-4, "max_grad_norm": 0.5,
+                               "lr_scheduler_type": "cosine", "save_steps": 3}, tmp_path, num_samples=640)
+    assert (args.num_train_epochs, args.learning_rate, args.max_grad_norm) == (2.0, 3e-4, 0.5)
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
+    assert getattr(args.save_strategy, "value", args.save_strategy) == "steps"
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.remove_unused_columns is False
+    assert args.logging_steps == 640 // 8 // 10 and args.use_cpu == (not torch.cuda.is_available())
+    assert getattr(training_arguments({}, tmp_path, num_samples=8).save_strategy, "value", None) == "no"
+    assert "is not a TrainingArguments field; did you mean learning_rate" in training_arguments_problem(
+        {"learnig_rate": 1e-3})
+    assert "output_dir cannot be set" in training_arguments_problem({"output_dir": "x"})
+    assert "TrainingArguments rejects it" in training_arguments_problem({"lr_scheduler_type": "sideways"})
+    assert training_arguments_problem({"optim": "sgd", "gradient_accumulation_steps": 2}) is None
+    # Trackers are one setting for both training stages (tracking.report_to), not a TrainingArguments key here.
+    assert "set tracking.report_to" in training_arguments_problem({"report_to": "wandb"})

@@ -149,3 +149,30 @@ def load_base_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def resolve_dtype(name: Optional[str]) -> torch.dtype:
+    """The dtype of LLM weights: the named one, else bfloat16 on CUDA and float32 on CPU."""
+    if name is not None:
+        dtype = getattr(torch, str(name), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"llm.dtype must name a torch dtype such as 'float32' or 'bfloat16', got {name!r}")
+        return dtype
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def load_adapter(base_model, adapter_dir):
+    """A saved PEFT adapter (RecLoRA or LoRA) on ``base_model``, for inference."""
+    import warnings
+
+    import peft_reclora  # noqa: F401  (registers RecLoRA with PEFT before the adapter is read)
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    return model.eval()

@@ -9,7 +9,8 @@ tokens ("mean", default) or taken at the last token ("last"). PCA reduces them t
 the number of items), L2 normalisation makes dot products cosines, and the top-k cosines between the target and each
 earlier item pick the histories. ``recent`` mode takes the last K earlier interactions (the paper's ablations).
 
-Encodings are cached on disk under a key of model + dataset + pooling + a hash of the item texts. Under
+Encodings are cached on disk under a key of model + dataset + pooling + a hash of the item texts. Settings come from
+``reclora_pipeline.config.RetrievalConfig`` (the run config's ``retrieval`` section); the encoder is the run's LLM. Under
 ``accelerate launch`` the item list is split across processes (GPUs) and gathered; a plain run uses one device.
 
 Retrieval is exact and vectorised: for each user, one matrix product scores all requested targets against all earlier
@@ -23,9 +24,8 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,6 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .artifacts import atomic_path
+from .config import RetrievalConfig
 from .data.dataset import RecDataset
 from .data.history import recent_rows
 
@@ -43,42 +45,9 @@ logger = logging.getLogger(__name__)
 
 MODES = ("semantic", "recent")
 POOLINGS = ("mean", "last")
-DEFAULT_K_LONG = 60
-DEFAULT_K_SHORT = 10
-DEFAULT_PCA_DIM = 512
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
+DEFAULT_PCA_DIM = RetrievalConfig().pca_dim
+DEFAULT_BLOCK_ELEMENTS = RetrievalConfig().block_elements
 RESULT_FORMAT_VERSION = 1
-
-
-@dataclass
-class RetrieverConfig:
-    """Settings of one retrieval run (defaults: the paper's K_long 60, K_short 10, PCA 512, mean pooling)."""
-
-    mode: str = "semantic"
-    k_long: int = DEFAULT_K_LONG
-    k_short: int = DEFAULT_K_SHORT
-    model: str = "embedded"
-    dtype: Optional[str] = None  # weights of a model loaded here ("float32", "bfloat16"); None: the loader default
-    pooling: str = "mean"
-    pca_dim: int = DEFAULT_PCA_DIM
-    batch_size: int = 64
-    max_length: int = 128
-    cache_dir: Optional[str] = None
-    device: Optional[str] = None
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
-            raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for name in ("k_long", "k_short", "pca_dim", "batch_size", "max_length", "block_elements"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
 
 # -- item encodings ----------------------------------------------------------------------------------------------------
@@ -207,38 +176,47 @@ class ItemEncodings:
 
 def encode_items(
     dataset: RecDataset,
-    config: Optional[RetrieverConfig] = None,
+    config: Optional[RetrievalConfig] = None,
     *,
+    encoder: str = "embedded",
+    dtype: Optional[str] = None,
+    device=None,
+    progress: bool = True,
     model=None,
     tokenizer=None,
 ) -> ItemEncodings:
-    """Encode the dataset's item descriptions with the LLM, or load them from the cache."""
-    config = config or RetrieverConfig()
+    """Encode the dataset's item descriptions with the LLM ``encoder`` (or the given ``model``/``tokenizer``), or load
+    them from the cache (``config.cache_dir``)."""
+    config = config or RetrievalConfig()
     texts = dataset.item_texts()
     item_ids = dataset.items["item_id"].tolist()
     if model is None:
         from .llm import load_base_model
 
-        model = load_base_model(config.model, dtype=getattr(torch, config.dtype) if config.dtype else None)
+        model = load_base_model(encoder, dtype=getattr(torch, dtype) if dtype else None)
     if tokenizer is None:
         from .llm import load_tokenizer
 
-        tokenizer = load_tokenizer(config.model)
-    model_id = model_fingerprint(model, config.model)
+        tokenizer = load_tokenizer(encoder)
+    model_id = model_fingerprint(model, encoder)
     key = encoding_cache_key(model_id, dataset.name, config.pooling, config.max_length, item_ids, texts)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     path = cache_dir / f"{key}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as cached:
-            if cached["item_ids"].tolist() == item_ids:
-                logger.info("item encodings loaded from %s", path)
-                meta = json.loads(str(cached["meta"]))
-                return ItemEncodings(cached["item_ids"], cached["vectors"], key, {**meta, "cache": "hit", "path": str(path)})
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                if cached["item_ids"].tolist() == item_ids:
+                    logger.info("item encodings loaded from %s", path)
+                    meta = json.loads(str(cached["meta"]))
+                    return ItemEncodings(cached["item_ids"], cached["vectors"], key,
+                                         {**meta, "cache": "hit", "path": str(path)})
+        except Exception as error:  # a damaged cache file is encoded again and replaced
+            logger.warning("item encodings: %s cannot be read (%s); encoding again", path, error)
     started = time.perf_counter()
     vectors = encode_texts(texts, model, tokenizer, pooling=config.pooling, batch_size=config.batch_size,
-                           max_length=config.max_length, device=config.device, progress=config.progress)
+                           max_length=config.max_length, device=device, progress=progress)
     seconds = time.perf_counter() - started
-    meta = {"model": config.model, "model_fingerprint": model_id, "dataset": dataset.name, "pooling": config.pooling,
+    meta = {"model": encoder, "model_fingerprint": model_id, "dataset": dataset.name, "pooling": config.pooling,
             "max_length": config.max_length, "items": len(item_ids), "hidden_size": int(vectors.shape[1]),
             "encode_seconds": seconds}
     if _process_state().is_main_process:
@@ -247,18 +225,12 @@ def encode_items(
 
 
 def _write_atomically(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".staging-", suffix=".npz", dir=path.parent)
-    os.close(handle)
-    try:
-        np.savez(staging, **arrays)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    with atomic_path(path) as staging:
+        with open(staging, "wb") as handle:
+            np.savez(handle, **arrays)
 
 
-def reduce_and_normalize(vectors: np.ndarray, dim: int = DEFAULT_PCA_DIM, seed: int = 0) -> tuple[np.ndarray, dict]:
+def reduce_and_normalize(vectors: np.ndarray, dim: int = DEFAULT_PCA_DIM) -> tuple[np.ndarray, dict]:
     """PCA to ``min(dim, n_items - 1, width)`` dimensions, then L2 normalisation (dot product = cosine).
 
     PCA centres the encodings; LLM hidden states share a large common direction, which would otherwise make every
@@ -271,7 +243,7 @@ def reduce_and_normalize(vectors: np.ndarray, dim: int = DEFAULT_PCA_DIM, seed: 
     if target >= 1:
         from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=target, svd_solver="full", random_state=seed)
+        pca = PCA(n_components=target, svd_solver="full")  # exact, so no random state is involved
         reduced = pca.fit_transform(vectors)
         info["explained_variance"] = float(pca.explained_variance_ratio_.sum())
     else:
@@ -518,30 +490,46 @@ class RetrievalResult:
         return _item_ids(dataset, self.short_rows([sample_id], dataset)[0])
 
     def save(self, directory) -> Path:
+        """``retrieval.npz`` (+ ``item_vectors.safetensors``) and, last, ``retrieval.json``; each file is replaced in
+        one rename, so a reader never sees a half-written file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": RESULT_FORMAT_VERSION, "mode": self.mode, "k_long": self.k_long,
                 "k_short": self.k_short, "samples": len(self), "dataset_fingerprint": self.dataset_fingerprint,
                 "metadata": self.metadata}
-        np.savez(directory / "retrieval.npz", sample_id=self.sample_id, long=self.long, short=self.short)
+        with atomic_path(directory / "retrieval.npz") as staging:
+            with open(staging, "wb") as handle:
+                np.savez(handle, sample_id=self.sample_id, long=self.long, short=self.short)
         if self.item_vectors is not None:
-            save_file({"item_vectors": torch.as_tensor(np.ascontiguousarray(self.item_vectors))},
-                      str(directory / ITEM_VECTORS_NAME))
-        (directory / "retrieval.json").write_text(json.dumps(meta, indent=2, default=str))
+            with atomic_path(directory / ITEM_VECTORS_NAME) as staging:
+                save_file({"item_vectors": torch.as_tensor(np.ascontiguousarray(self.item_vectors))}, str(staging))
+        with atomic_path(directory / "retrieval.json") as staging:
+            staging.write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
     @classmethod
     def load(cls, directory, dataset: Optional[RecDataset] = None) -> "RetrievalResult":
+        """Read a saved result; a missing, damaged or mismatched file raises an error naming it."""
         directory = Path(directory)
         meta_path = directory / "retrieval.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{directory} holds no retrieval result (no retrieval.json)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{meta_path} is not valid JSON ({error}); run the retrieval again") from None
         if meta.get("format_version") != RESULT_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {RESULT_FORMAT_VERSION}")
-        with np.load(directory / "retrieval.npz", allow_pickle=False) as arrays:
-            result = cls(arrays["sample_id"], arrays["long"], arrays["short"], meta["mode"],
-                         meta["dataset_fingerprint"], meta.get("metadata", {}))
+        arrays_path = directory / "retrieval.npz"
+        try:
+            with np.load(arrays_path, allow_pickle=False) as arrays:
+                result = cls(arrays["sample_id"], arrays["long"], arrays["short"], meta["mode"],
+                             meta["dataset_fingerprint"], meta.get("metadata", {}))
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise ValueError(f"{arrays_path} cannot be read ({type(error).__name__}: {error}); run the retrieval "
+                             "again") from None
+        if len(result) != meta.get("samples", len(result)):
+            raise ValueError(f"{arrays_path} holds {len(result)} samples, {meta_path} says {meta['samples']}")
         if (directory / ITEM_VECTORS_NAME).is_file():
             result.item_vectors = load_file(str(directory / ITEM_VECTORS_NAME))["item_vectors"].numpy()
         result._check(dataset)
@@ -556,8 +544,12 @@ def _item_ids(dataset: RecDataset, rows: np.ndarray) -> list:
 # -- the whole stage -----------------------------------------------------------------------------------------------------
 def retrieve(
     dataset: RecDataset,
-    config: Optional[RetrieverConfig] = None,
+    config: Optional[RetrievalConfig] = None,
     *,
+    encoder: str = "embedded",
+    dtype: Optional[str] = None,
+    device=None,
+    progress: bool = True,
     model=None,
     tokenizer=None,
     vectors: Optional[np.ndarray] = None,
@@ -566,30 +558,32 @@ def retrieve(
     """Long and short histories for ``sample_ids`` (default: every sample of the dataset).
 
     ``vectors`` (n_items, d) skips encoding and PCA (they must be unit vectors in the items table's order); otherwise
-    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``config.model``.
+    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``encoder`` (a model name, in ``dtype``).
     """
-    config = config or RetrieverConfig()
+    config = config or RetrievalConfig()
     ids = dataset.sample_ids() if sample_ids is None else np.unique(np.asarray(sample_ids, dtype=np.int64))
     rows = dataset.rows_for(ids)
-    metadata = {"config": asdict(config), "dataset": dataset.name, "samples": int(len(ids))}
+    metadata = {"config": config.to_dict(), "encoder": encoder if config.mode == "semantic" else None,
+                "dtype": dtype, "dataset": dataset.name, "samples": int(len(ids))}
     if config.mode == "recent":
         started = time.perf_counter()
         long, short = recent_k(dataset.user_offsets, dataset.history_end, rows, config.k_long, config.k_short)
         metadata["retrieval_seconds"] = time.perf_counter() - started
     else:
         if vectors is None:
-            encodings = encode_items(dataset, config, model=model, tokenizer=tokenizer)
-            vectors, pca = reduce_and_normalize(encodings.vectors, config.pca_dim, config.seed)
+            encodings = encode_items(dataset, config, encoder=encoder, dtype=dtype, device=device, progress=progress,
+                                     model=model, tokenizer=tokenizer)
+            vectors, pca = reduce_and_normalize(encodings.vectors, config.pca_dim)
             metadata.update({"encoding": {key: value for key, value in encodings.metadata.items()},
                              "encoding_key": encodings.key, "pca": pca})
         elif len(vectors) != len(dataset.items):
             raise ValueError(f"vectors has {len(vectors)} rows but the dataset has {len(dataset.items)} items")
         started = time.perf_counter()
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         long, short = semantic_top_k(
             vectors, item_index=dataset.item_index, user_offsets=dataset.user_offsets,
             history_end=dataset.history_end, rows=rows, k_long=config.k_long, k_short=config.k_short,
-            device=device, block_elements=config.block_elements, progress=config.progress,
+            device=device, block_elements=config.block_elements, progress=progress,
         )
         metadata["retrieval_seconds"] = time.perf_counter() - started
     item_vectors = None if config.mode == "recent" else np.asarray(vectors)

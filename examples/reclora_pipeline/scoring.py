@@ -1,6 +1,6 @@
 """P(Yes) scoring: softmax over the Yes/No logits at the answer position (paper, Eq. 16), batched, last position only.
 
-Prompts are tokenized once, sorted by length so that each batch carries little padding, left-padded so that the answer
+Prompts (``views.prompt_token_ids``) are sorted by length so that each batch carries little padding, left-padded so that the answer
 position is the last column, and run with ``logits_to_keep=1`` (the LM head is a large share of a small model's cost).
 Scores come back in the input order.
 """
@@ -12,21 +12,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-
-
-def tokenize_prompts(tokenizer, texts: Sequence[str], max_length: Optional[int] = None) -> list[list[int]]:
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
-    return encoded["input_ids"]
-
-
-def sample_prompt_ids(dataset, sample_ids, retrieval, formatter, max_length: Optional[int] = None) -> list[list[int]]:
-    """Token ids of the Figure-2 prompts of dataset samples, their short history taken from ``retrieval``: the one
-    recipe the pipeline trains and scores with and a published recommender scores with."""
-    from .prompts import build_prompt
-
-    records = dataset.text_records(sample_ids, retrieval=retrieval)
-    texts = [formatter.format(build_prompt(dataset.name, record)) for record in records]
-    return tokenize_prompts(formatter.tokenizer, texts, max_length)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,57 +7,44 @@
     save_crm(model, "crm/"); load_crm("crm/", expected_schema=features)
 """
 
-from .base import CrmModel
-from .embeddings import (
-    CrmEmbeddingTable,
-    StaleCrmCacheError,
-    assert_frozen_eval,
-    crm_fingerprint,
-    freeze_crm,
-    precompute_crm_embeds,
-)
-from .feature_interaction import DCNv2, AutoInt, DeepFM
-from .inputs import CrmSchema, FeatureTensors, check_batch, check_features, features_to_batch
-from .registry import CRM_CLASSES, DEFAULT_CRM, available_crms, build_crm, crm_class
-from .sequential import GRU4Rec, SASRec
-from .serialization import CRM_CONFIG_NAME, CRM_WEIGHTS_NAME, load_crm, read_crm_config, save_crm
-from .target_attention import DIN, SIM
-from .train import CrmTrainingConfig, CrmTrainingReport, binary_metrics, evaluate_crm, predict_crm, train_crm
+from ..lazy import lazy_exports
 
-__all__ = [
-    "AutoInt",
-    "CRM_CLASSES",
-    "CRM_CONFIG_NAME",
-    "CRM_WEIGHTS_NAME",
-    "CrmEmbeddingTable",
-    "CrmModel",
-    "CrmSchema",
-    "CrmTrainingConfig",
-    "CrmTrainingReport",
-    "DCNv2",
-    "DEFAULT_CRM",
-    "DIN",
-    "DeepFM",
-    "FeatureTensors",
-    "GRU4Rec",
-    "SASRec",
-    "SIM",
-    "StaleCrmCacheError",
-    "assert_frozen_eval",
-    "available_crms",
-    "binary_metrics",
-    "build_crm",
-    "check_batch",
-    "check_features",
-    "crm_class",
-    "crm_fingerprint",
-    "evaluate_crm",
-    "features_to_batch",
-    "freeze_crm",
-    "load_crm",
-    "precompute_crm_embeds",
-    "predict_crm",
-    "read_crm_config",
-    "save_crm",
-    "train_crm",
-]
+_EXPORTS = {
+    "CrmModel": ".base",
+    "CrmEmbeddingTable": ".embeddings",
+    "StaleCrmCacheError": ".embeddings",
+    "assert_frozen_eval": ".embeddings",
+    "crm_fingerprint": ".embeddings",
+    "freeze_crm": ".embeddings",
+    "precompute_crm_embeds": ".embeddings",
+    "DCNv2": ".feature_interaction",
+    "AutoInt": ".feature_interaction",
+    "DeepFM": ".feature_interaction",
+    "CrmSchema": ".inputs",
+    "FeatureTensors": ".inputs",
+    "check_batch": ".inputs",
+    "check_features": ".inputs",
+    "features_to_batch": ".inputs",
+    "CRMS": ".registry",
+    "DEFAULT_CRM": ".registry",
+    "available_crms": ".registry",
+    "build_crm": ".registry",
+    "crm_class": ".registry",
+    "GRU4Rec": ".sequential",
+    "SASRec": ".sequential",
+    "CRM_CONFIG_NAME": ".serialization",
+    "CRM_WEIGHTS_NAME": ".serialization",
+    "load_crm": ".serialization",
+    "read_crm_config": ".serialization",
+    "save_crm": ".serialization",
+    "DIN": ".target_attention",
+    "SIM": ".target_attention",
+    "CrmTrainingConfig": ".train",
+    "CrmTrainingReport": ".train",
+    "binary_metrics": ".train",
+    "evaluate_crm": ".train",
+    "predict_crm": ".train",
+    "train_crm": ".train",
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -21,7 +21,11 @@ from .inputs import CrmSchema, SchemaLike, as_schema, check_batch
 class CrmModel(nn.Module):
     """Base class: schema, hyper-parameters (everything needed to rebuild the model) and the R_c choice."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the registry name (``build_crm(name)``, ``crm.name`` in the run config)
+    display_name: ClassVar[str] = ""  # as results tables show it
+    # The long history it reads in the pipeline: "retrieved" (the run's retrieval mode) or "recent" (the most recent
+    # K_long items, as each model was published).
+    history_source: ClassVar[str] = "recent"
 
     def __init__(
         self,

@@ -86,6 +86,7 @@ class DeepFM(_RechubCRM):
     """DeepFM (Guo et al., IJCAI 2017): linear + factorization machine + MLP over the field embeddings."""
 
     name = "deepfm"
+    display_name = "DeepFM"
 
     def __init__(self, schema: SchemaLike, **common):
         super().__init__(schema, **common)
@@ -111,6 +112,7 @@ class DCNv2(_RechubCRM):
     """
 
     name = "dcnv2"
+    display_name = "DCNv2"
 
     def __init__(self, schema: SchemaLike, *, cross_layers: int = 3, structure: str = "stacked", **common):
         super().__init__(schema, **common)
@@ -149,6 +151,7 @@ class AutoInt(_RechubCRM):
     """AutoInt (Song et al., CIKM 2019): self-attention across fields, plus a linear part and an MLP."""
 
     name = "autoint"
+    display_name = "AutoInt"
 
     def __init__(self, schema: SchemaLike, *, attention_layers: int = 3, num_heads: int = 1, **common):
         super().__init__(schema, **common)

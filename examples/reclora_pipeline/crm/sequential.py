@@ -53,6 +53,7 @@ class GRU4Rec(_SequenceCRM):
     """GRU over the behaviour sequence (Hidasi et al., ICLR 2016); interest = hidden state after the last behaviour."""
 
     name = "gru4rec"
+    display_name = "GRU4Rec"
 
     def __init__(self, schema: SchemaLike, *, gru_hidden_dim: int = 64, gru_layers: int = 1, **common):
         super().__init__(schema, **common)
@@ -70,6 +71,7 @@ class SASRec(_SequenceCRM):
     """Causal self-attention over the behaviour sequence (Kang and McAuley, ICDM 2018)."""
 
     name = "sasrec"
+    display_name = "SASRec"
 
     def __init__(self, schema: SchemaLike, *, num_heads: int = 2, attention_layers: int = 1, **common):
         super().__init__(schema, **common)

@@ -28,6 +28,7 @@ ATTENTIONS = ("din", "multihead")
 
 class DIN(CrmModel):
     name = "din"
+    display_name = "DIN"
     default_attention = "din"
 
     def __init__(
@@ -75,4 +76,6 @@ class SIM(DIN):
     """SIM's exact search unit over the retrieved long history (the paper's default CRM)."""
 
     name = "sim"
+    display_name = "SIM"
+    history_source = "retrieved"  # SIM is defined by its retrieved long history
     default_attention = "multihead"

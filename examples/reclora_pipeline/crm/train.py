@@ -10,13 +10,14 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Optional, Union
+from dataclasses import asdict, dataclass
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import CrmTrainingConfig
 from ..data.features import CTRFeatures
 from ..metrics import ctr_metrics
 from .base import CrmModel
@@ -24,31 +25,7 @@ from .inputs import CrmSchema, FeatureTensors, check_features
 from .registry import build_crm
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class CrmTrainingConfig:
-    """Stage-1 settings. Defaults follow the paper's grid (Appendix B.1): AdamW, lr 1e-3, batch 1024."""
-
-    epochs: int = 10
-    batch_size: int = 1024
-    eval_batch_size: int = 4096
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 2  # epochs without a validation AUC gain before stopping
-    min_delta: float = 0.0  # a gain must exceed this to count
-    max_grad_norm: Optional[float] = None
-    seed: int = 42
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available)
-    progress: bool = True
-    model_kwargs: dict = field(default_factory=dict)  # passed to build_crm (embed_dim, hidden_dims, rc_layer, ...)
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.patience < 1:
-            raise ValueError(f"patience must be at least 1, got {self.patience}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+LOG_EVERY = 10  # training steps between loss reports (progress bar and trackers)
 
 @dataclass
 class CrmTrainingReport:
@@ -76,14 +53,21 @@ def train_crm(
     train_features: CTRFeatures,
     valid_features: CTRFeatures,
     config: Optional[CrmTrainingConfig] = None,
+    *,
+    model_kwargs: Optional[Mapping] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    tracker=None,
 ) -> tuple[CrmModel, CrmTrainingReport]:
-    """Train a CRM (a registry name, or a model already built) and return it with the best epoch's weights, in eval
-    mode, together with a ``CrmTrainingReport``."""
+    """Train a CRM (a registry name built with ``model_kwargs``, or a model already built) and return it with the best
+    epoch's weights, in eval mode, together with a ``CrmTrainingReport``. ``device``: "cpu", "cuda", ... or "auto".
+    ``tracker`` (``reclora_pipeline.tracking.Trackers``) receives the training loss every ``LOG_EVERY`` steps and
+    each epoch's validation metrics, by global step."""
     config = config or CrmTrainingConfig()
     schema = CrmSchema.from_features(train_features)
     check_features(train_features, schema, split="training features")
     check_features(valid_features, schema, split="validation features")
-    device = resolve_device(config.device)
+    device = resolve_device(device)
 
     torch.manual_seed(config.seed)
     if isinstance(model_name, CrmModel):
@@ -92,7 +76,7 @@ def train_crm(
         if differences:
             raise ValueError("the model was built for other features (model vs training): " + "; ".join(differences))
     else:
-        model = build_crm(model_name, schema=schema, **config.model_kwargs)
+        model = build_crm(model_name, schema=schema, **dict(model_kwargs or {}))
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -103,6 +87,7 @@ def train_crm(
     history: list[dict] = []
     best_auc, best_epoch, best_state = -math.inf, 0, None
     stale_epochs = 0
+    global_step = 0
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
@@ -112,7 +97,7 @@ def train_crm(
             train_tensors.batches(config.batch_size, shuffle=True, generator=generator),
             total=train_tensors.num_batches(config.batch_size),
             desc=f"{model.name} epoch {epoch}/{config.epochs}",
-            disable=not config.progress,
+            disable=not progress,
             leave=False,
         )
         for step, batch in enumerate(bar):
@@ -127,8 +112,11 @@ def train_crm(
             rows = batch["labels"].shape[0]
             total_loss += loss.item() * rows
             total_rows += rows
-            if step % 10 == 0:
+            global_step += 1
+            if step % LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{total_loss / total_rows:.4f}")
+                if tracker is not None:
+                    tracker.log({"train/loss": loss.item(), "train/epoch": epoch - 1 + step / bar.total}, global_step)
         bar.close()
         train_seconds = time.perf_counter() - epoch_start
         metrics = _evaluate_tensors(model, valid_tensors, config.eval_batch_size)
@@ -140,6 +128,9 @@ def train_crm(
             "train_seconds": train_seconds,
         }
         history.append(record)
+        if tracker is not None:
+            tracker.log({"train/epoch_loss": record["train_loss"], "eval/auc": metrics["auc"],
+                         "eval/logloss": metrics["logloss"], "train/epoch": epoch}, global_step)
         improved = metrics["auc"] > best_auc + config.min_delta
         if improved:
             best_auc, best_epoch = metrics["auc"], epoch
@@ -151,7 +142,7 @@ def train_crm(
             f"{model.name} epoch {epoch}: train loss {record['train_loss']:.4f}, valid AUC {metrics['auc']:.4f}, "
             f"LogLoss {metrics['logloss']:.4f} ({train_seconds:.1f} s){' *' if improved else ''}"
         )
-        if config.progress:
+        if progress:
             tqdm.write(message)
         logger.info(message)
         if stale_epochs >= config.patience:
@@ -173,7 +164,7 @@ def train_crm(
         num_train=len(train_features),
         num_valid=len(valid_features),
         crm_dim=model.crm_dim,
-        config={**asdict(config), "model": model.config()},
+        config={**config.to_dict(), "model": model.config()},
     )
     return model, report
 

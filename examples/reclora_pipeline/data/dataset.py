@@ -15,13 +15,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..views.samples import DEFAULT_K_SHORT, SampleView
+from ..views.text import TextRecord, attributes_of, item_description, text_records
 from .history import Histories, history_ends, recent_rows
 from .raw import DatasetSpec
-from .text import TextRecord, attributes_of, item_description, profile_of, readable_rating
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
-DEFAULT_K_SHORT = 10
 ARRAYS = ("user_index", "item_index", "rating", "timestamp", "sample_id", "split_code")
 
 
@@ -231,19 +231,14 @@ class RecDataset:
         items; listed oldest first whatever their order here), the short list of a retrieval result
         (``retrieval.short_rows``), or the ``k_short`` most recent earlier interactions.
         """
-        if history_item_ids is not None:
-            rows = self._rows_of_items(int(sample_id), history_item_ids)
-        elif retrieval is not None:
-            rows = retrieval.short_rows([sample_id], dataset=self)[0]
-        else:
-            rows = self.recent_history_rows([sample_id], k_short)[0]
-        return self._text_record(int(sample_id), rows[rows >= 0])
+        rows = None if history_item_ids is None else self._rows_of_items(int(sample_id), history_item_ids)[None, :]
+        view = SampleView.from_dataset(self, [sample_id], short=retrieval, k_long=0, k_short=k_short, short_rows=rows)
+        return text_records(view)[0]
 
     def text_records(self, sample_ids: Iterable[int], *, retrieval=None, k_short: int = DEFAULT_K_SHORT) -> list:
         """Text views of several samples (the retrieval's short lists, or the ``k_short`` most recent)."""
         ids = np.asarray(sample_ids if isinstance(sample_ids, np.ndarray) else list(sample_ids), dtype=np.int64).ravel()
-        table = retrieval.short_rows(ids, dataset=self) if retrieval is not None else self.recent_history_rows(ids, k_short)
-        return [self._text_record(int(sample), rows[rows >= 0]) for sample, rows in zip(ids, table)]
+        return text_records(SampleView.from_dataset(self, ids, short=retrieval, k_long=0, k_short=k_short))
 
     def _rows_of_items(self, sample_id: int, item_ids: Sequence[str]) -> np.ndarray:
         start, end = self.history_bounds([sample_id])
@@ -255,23 +250,6 @@ class RecDataset:
                 raise KeyError(f"item {item!r} is not among the earlier interactions of sample_id {sample_id}")
             chosen.append(earlier[str(item)])
         return np.sort(np.asarray(chosen, dtype=np.int64))
-
-    def _text_record(self, sample_id: int, history_rows: np.ndarray) -> TextRecord:
-        row = int(self.rows_for([sample_id])[0])
-        start, end = self.user_offsets[self.user_index[row]], self.history_end[row]
-        if len(history_rows) and ((history_rows < start) | (history_rows >= end)).any():
-            raise ValueError(f"history rows of sample_id {sample_id} are not among its earlier interactions")
-        titles = self.items["title"].to_numpy(dtype=object)
-        item_row = self.items.iloc[int(self.item_index[row])].to_dict()
-        user_row = self.users.iloc[int(self.user_index[row])].to_dict()
-        return TextRecord(
-            sample_id=sample_id,
-            target_title=item_row["title"],
-            history=[(titles[self.item_index[r]], readable_rating(self.rating[r])) for r in history_rows],
-            profile=profile_of(user_row, self.spec.profile_fields),
-            label=int(self.label[row]),
-            target_attributes=attributes_of(item_row, self.spec.item_text_fields),
-        )
 
     # -- identity, stats, files ----------------------------------------------------------------------------------------
     @property
@@ -300,7 +278,7 @@ class RecDataset:
             if mask.any():
                 first, last = int(times[mask].min()), int(times[mask].max())
                 time_range[name] = {"first": first, "last": last,
-                                    "first_utc": str(pd.Timestamp(first, unit="s")), "last_utc": str(pd.Timestamp(last, unit="s"))}
+                                    "first_utc": _utc(first), "last_utc": _utc(last)}
         samples["total"] = int(len(sample_rows))
         positive["all"] = float(labels.mean()) if len(labels) else None
         stats = {
@@ -376,3 +354,8 @@ class RecDataset:
         if dataset.fingerprint != meta["fingerprint"]:
             raise ValueError(f"{directory}: the files do not match the fingerprint in dataset.json (changed or mixed up)")
         return dataset
+
+
+def _utc(seconds: int) -> str:
+    """Unix seconds as UTC text; numpy's datetime64 covers every int64 second (pandas stops in the year 2262)."""
+    return str(np.datetime64(int(seconds), "s")).replace("T", " ")

@@ -90,6 +90,10 @@ def _find(folder: Path, names: tuple, subfolder: str) -> Path:
     raise FileNotFoundError(f"{folder} is not a {subfolder} folder: missing {', '.join(missing)}")
 
 
+# Unix seconds are stored as int64; a float at or above 2**63 would wrap around to a negative time.
+INT64_SECONDS = float(2 ** 63)
+
+
 # -- ratings ------------------------------------------------------------------------------------------------------
 def read_ratings(
     path: Path,
@@ -112,7 +116,9 @@ def read_ratings(
         rating, rating_number = to_number(rating_raw, integer=False)
         timestamp, time_number = to_number(time_raw, integer=False)
         rating_ok = rating_number & rating_is_valid(np.where(rating_number, rating, spec.rating_min), spec)
-        time_ok = time_number & (np.where(time_number, timestamp, 0) >= 0)
+        seconds = np.where(time_number, timestamp, 0.0)
+        time_in_range = (seconds >= 0) & (seconds < INT64_SECONDS)
+        time_ok = time_number & time_in_range
         ids_ok = (user != "").to_numpy() & (item != "").to_numpy()
         ok = ids_ok & rating_ok & time_ok
         for row in np.flatnonzero(~ok):
@@ -125,8 +131,10 @@ def read_ratings(
                     f"rating {rating_raw[row].strip()} is off the {spec.rating_min:g}..{spec.rating_max:g} scale "
                     f"(step {spec.rating_step:g})"
                 )
-            else:
+            elif not time_number[row] or seconds[row] < 0:
                 reason = f"timestamp {time_raw[row].strip()!r} is not a non-negative number"
+            else:
+                reason = f"timestamp {time_raw[row].strip()!r} is beyond what int64 seconds can hold"
             report.reject(path, int(chunk.lines[row]), reason, sep.join(column[row] for column in chunk.columns))
         keep = np.flatnonzero(ok)
         parts.append(

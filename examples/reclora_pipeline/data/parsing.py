@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -33,11 +35,44 @@ class Chunk:
         return len(self.lines)
 
 
-def open_binary(path: Path):
+class _CountingReader(io.RawIOBase):
+    """A raw file that advances a progress bar by the bytes read from disk (compressed bytes for a gzipped file)."""
+
+    def __init__(self, raw, bar):
+        self.raw, self.bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.raw.readinto(buffer)
+        self.bar.update(count or 0)
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        self.bar.close()
+        super().close()
+
+
+@contextmanager
+def open_binary(path: Path, progress: bool = False) -> Iterator:
+    """The file as a binary stream, gunzipped when it is gzip; ``progress`` shows a bar over the file's bytes."""
     path = Path(path)
     with open(path, "rb") as probe:
         magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    raw = open(path, "rb", buffering=0)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}", leave=False)
+        raw = _CountingReader(raw, bar)
+    with io.BufferedReader(raw, buffer_size=1 << 20) as stream:
+        if magic == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped:
+                yield unzipped
+        else:
+            yield stream
 
 
 def _decoded_lines(handle, encoding: str, bad_lines: set) -> Iterator[str]:
@@ -72,7 +107,7 @@ def iter_delimited(
     path = Path(path)
     bad_lines: set = set()
     rows_total = 0
-    with open_binary(path) as handle:
+    with open_binary(path, report.progress) as handle:
         lines = _decoded_lines(handle, encoding, bad_lines)
         if len(sep) == 1:
             reader = csv.reader(lines, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=False)
@@ -138,7 +173,7 @@ def iter_json_lines(
     rows_total = 0
     records: list = []
     numbers: list = []
-    with open_binary(path) as handle:
+    with open_binary(path, report.progress) as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue

@@ -55,6 +55,7 @@ class ReadReport:
     """
 
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    progress: bool = False  # progress bars over each file's bytes (MovieLens-25M and GoodReads take minutes)
     rows_read: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=lambda: defaultdict(Counter))
     repaired: Counter = field(default_factory=Counter)

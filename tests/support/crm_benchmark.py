@@ -1,6 +1,6 @@
 """CPU cost of stage 1 at MovieLens-100K scale, on synthetic features of the same shape.
 
-    python -m reclora_pipeline.crm.benchmark --models sim din --output crm_benchmark.json
+    python tests/support/crm_benchmark.py --models sim din --output crm_benchmark.json
 
 Defaults mirror MovieLens-100K with the paper's history length: ~80,000 training samples, 8 fields, K_long = 60,
 batch 1024, the default CRM sizes (embed 32, MLP 256-256-256). Prints one line per model and writes JSON.
@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .embeddings import precompute_crm_embeds
-from .registry import available_crms
-from .synthetic import make_synthetic_splits
-from .train import CrmTrainingConfig, evaluate_crm, train_crm
+from reclora_pipeline.crm import CrmTrainingConfig, available_crms, evaluate_crm, precompute_crm_embeds, train_crm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_features import make_synthetic_splits  # noqa: E402  (next to this file)
 
 
 def main(argv=None) -> dict:
@@ -59,8 +60,8 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(results["setup"]))
     for name in args.models:
-        config = CrmTrainingConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch_size, progress=False)
-        model, report = train_crm(name, splits["train"], splits["valid"], config)
+        config = CrmTrainingConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch_size)
+        model, report = train_crm(name, splits["train"], splits["valid"], config, progress=False)
         start = time.perf_counter()
         metrics = evaluate_crm(model, splits["valid"])
         eval_seconds = time.perf_counter() - start

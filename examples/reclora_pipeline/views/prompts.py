@@ -1,7 +1,8 @@
-"""Prompt templates (the paper's Figure 2, per dataset) and the Yes/No answer tokens.
+"""Prompts (the paper's Figure 2) written from a ``TextRecord`` and the dataset's schema, and the Yes/No answer tokens.
 
-A prompt describes the user (profile fields where the dataset has them; pure ID fields never appear), the short
-history in chronological order with ratings, and asks about the target item. Two prompt styles:
+A prompt describes the user (the spec's profile fields, when it has any; pure ID fields never appear), the short
+history in chronological order with ratings, and asks about the target item (the spec's item noun: movie or book).
+Two prompt styles:
 
 - ``"plain"`` (default): the prompt followed by ``"\\nAnswer:"``; the answer tokens are " Yes" / " No" (with the space
   the tokenizer merges into the word after a colon). Short, which matters on CPU.
@@ -12,24 +13,15 @@ The answer token ids are taken from the tokenizer and checked to be single token
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from ..data.raw import DatasetSpec
+    from .text import TextRecord
 
 PROMPT_STYLES = ("plain", "chat")
-
-MOVIE_DATASETS = ("ml-100k", "ml-1m", "ml-25m")
-BOOK_DATASETS = ("goodreads",)
-
-
-@dataclass
-class PromptRecord:
-    """The text view of one sample, bound to its ``sample_id``."""
-
-    sample_id: int
-    target_title: str
-    history: Sequence[tuple[str, float]]  # (title, rating), oldest first
-    profile: dict = field(default_factory=dict)  # e.g. gender, age, occupation (no pure ID fields)
-    label: Optional[int] = None
+# item noun -> (the verb of a past interaction, the plural)
+ITEM_WORDS = {"movie": ("watched", "movies"), "book": ("read", "books")}
 
 
 def _stars(rating: float) -> str:
@@ -62,15 +54,14 @@ def _profile_sentence(profile: dict) -> str:
     return " ".join(parts)
 
 
-def build_prompt(dataset: str, record: PromptRecord) -> str:
-    """The Figure 2 prompt of the paper for ``dataset`` (movie datasets), or its book variant (GoodReads)."""
-    if dataset in BOOK_DATASETS:
-        noun, verb, plural = "book", "read", "books"
-    elif dataset in MOVIE_DATASETS:
-        noun, verb, plural = "movie", "watched", "movies"
-    else:
-        raise ValueError(f"No prompt template for dataset {dataset!r}; known: {MOVIE_DATASETS + BOOK_DATASETS}")
-    profile_text = _profile_sentence(record.profile) if dataset in ("ml-100k", "ml-1m") else ""
+def build_prompt(spec: "DatasetSpec", record: "TextRecord") -> str:
+    """The Figure 2 prompt of the paper for a dataset of movies, or its book variant."""
+    if spec.item_noun not in ITEM_WORDS:
+        raise ValueError(f"No prompt template for {spec.name!r} items ({spec.item_noun!r}); known: "
+                         f"{', '.join(ITEM_WORDS)}")
+    noun = spec.item_noun
+    verb, plural = ITEM_WORDS[noun]
+    profile_text = _profile_sentence(record.profile) if spec.profile_fields else ""
     subject, _ = _pronouns(record.profile) if profile_text else ("the user", "the user's")
     history = [f"{i}. {title} ({_stars(rating)})" for i, (title, rating) in enumerate(record.history)]
     lines = []
@@ -122,3 +113,12 @@ class PromptFormatter:
     def to_dict(self) -> dict:
         return {"style": self.style, "yes_token_id": self.yes_id, "no_token_id": self.no_id,
                 "yes_token": self.tokenizer.decode([self.yes_id]), "no_token": self.tokenizer.decode([self.no_id])}
+
+
+def prompt_token_ids(spec: "DatasetSpec", records: Sequence["TextRecord"], formatter: PromptFormatter,
+                     max_tokens: Optional[int] = None) -> list:
+    """Token ids of the prompts of ``records``: the one recipe training, evaluation and serving use."""
+    texts = [formatter.format(build_prompt(spec, record)) for record in records]
+    encoded = formatter.tokenizer(texts, add_special_tokens=False, truncation=max_tokens is not None,
+                                  max_length=max_tokens)
+    return encoded["input_ids"]

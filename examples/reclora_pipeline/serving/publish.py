@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from huggingface_hub import ModelCardData
 
 CARD_TAGS = ["reclora", "recommendation", "peft"]
 
@@ -76,47 +75,64 @@ def push_recommender(recommender, repo_id: str, *, private: bool = False, revisi
 
 
 # -- the model card ----------------------------------------------------------------------------------------------------
-def model_card(config: dict, repo_id: Optional[str] = None, example: Optional[dict] = None) -> str:
+def public_model_id(base_model: str) -> Optional[str]:
+    """The Hub id a base model is known by: the embedded SmolLM2's id, a Hub id as it is, ``None`` for a local
+    folder (its path means nothing elsewhere; ``--base-model`` records an id instead)."""
+    from ..llm import EMBEDDED_HUB_ID, is_embedded
+
+    if is_embedded(base_model):
+        return EMBEDDED_HUB_ID
+    text = str(base_model)
+    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        return None
+    return text
+
+
+def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, example: Optional[dict] = None) -> str:
     """``README.md`` of a published recommender: metadata, metrics, dataset and split, parts, usage."""
-    base_id = config.get("base_model_id")
+    from huggingface_hub import ModelCardData
+
+    config = record.config
+    base = record.base_model_to_load
+    base_id = public_model_id(base)
     data = ModelCardData(library_name="peft", base_model=base_id, tags=list(CARD_TAGS))
-    dataset = config["dataset"]
-    retrieval = config["retrieval"]
-    crm = config["crm"]
-    adapter = config.get("adapter") or {}
+    dataset = record.dataset
     source = repo_id or "path/to/this/folder"
+    tokens = record.answer_tokens
     lines = [
         "---", data.to_yaml(), "---", "",
-        f"# {config['model_name']}: a RecLoRA recommender for {dataset['name']}", "",
+        f"# {record.model.name}: a RecLoRA recommender for {dataset.name}", "",
         "A personalized low-rank adapter (RecLoRA) for click-through-rate prediction with an LLM, published with "
         "everything it needs to score: the conventional recommender (CRM) whose user representation R_c drives the "
         "adapter's gate, the CRM's ID vocabulary, the item and user catalog the prompts are written from, the "
         "retriever settings (and item vectors) that pick the histories, and the prompt template with its answer "
         "tokens. The score of a request is P(Yes) of the LLM's answer.", "",
         "## Metrics", "",
-        *metrics_table(config), "",
+        *metrics_table(record), "",
         "## Dataset and split", "",
-        *dataset_lines(dataset), "",
+        *dataset_lines(record), "",
         "## Parts", "",
         "| part | setting |", "|---|---|",
-        f"| base model | `{base_id or config['base_model']}` (loaded as `{config['base_model']}`, dtype "
-        f"{config.get('dtype')}) |",
-        f"| adapter | RecLoRA, N_m {config['num_meta_loras']} meta-LoRAs of rank {adapter.get('r')}, lora_alpha "
-        f"{adapter.get('lora_alpha')}, gate hidden {adapter.get('gate_hidden_dim')}, targets "
-        f"{', '.join(adapter.get('target_modules') or [])} |",
-        f"| CRM | {crm['name']} (`crm/`), R_c width crm_dim {crm['crm_dim']} (hidden layer {crm['rc_layer']}) |",
-        f"| short history (prompt) | {_history_text(retrieval['short'], 'k_short')} |",
-        f"| long history (CRM) | {_history_text(retrieval['long'], 'k_long')} |",
-        f"| prompt | style {config['prompt'].get('style')!r}, answers {config['prompt'].get('yes_token')!r} / "
-        f"{config['prompt'].get('no_token')!r} (token ids {config['prompt'].get('yes_token_id')} / "
-        f"{config['prompt'].get('no_token_id')}), max_length {config['prompt'].get('max_length')} |",
+        f"| base model | `{base_id or base}`{'' if base == base_id else f' (loaded as `{base}`)'}, trained in "
+        f"{record.trained_dtype} |",
+        f"| adapter | RecLoRA, N_m {adapter_config.get('num_meta_loras')} meta-LoRAs of rank "
+        f"{adapter_config.get('r')}, "
+        f"lora_alpha {adapter_config.get('lora_alpha')}, gate hidden {adapter_config.get('gate_hidden_dim')}, mixing "
+        f"{adapter_config.get('mixing')}, gate {adapter_config.get('gate_sharing')}, targets "
+        f"{', '.join(sorted(adapter_config.get('target_modules') or []))} |",
+        f"| CRM | {config.crm.name} (`crm/`), R_c width crm_dim {adapter_config.get('crm_dim')} (hidden layer "
+        f"{config.crm.model.rc_layer}) |",
+        f"| short history (prompt) | {_history_text(record, 'short', base_id or base)} |",
+        f"| long history (CRM) | {_history_text(record, 'long', base_id or base)} |",
+        f"| prompt | style {config.prompt.style!r}, answers {tokens.yes_token!r} / {tokens.no_token!r} (token ids "
+        f"{tokens.yes_token_id} / {tokens.no_token_id}), max_tokens {config.prompt.max_tokens} |",
         "",
-        *([f"The adapter was trained on the weights `{config['base_model']}` resolves to; load it on the same "
-           "weights (`base_model=` of `from_pretrained`), since another copy of the model scores differently.", ""]
-          if config["base_model"] != config["base_model_id"] else []),
+        *([f"The adapter was trained on the weights `{base}` resolves to; load it on the same weights (`base_model=` "
+           "of `from_pretrained`), since another copy of the model scores differently.", ""]
+          if base != base_id else []),
         "## Usage", "",
         "```python",
-        "from reclora_pipeline.recommender import RecLoraRecommender",
+        "from reclora_pipeline.serving import RecLoraRecommender",
         "",
         f'recommender = RecLoraRecommender.from_pretrained("{source}")  # base_model="..." for a local copy',
         f"scores = recommender.score([{json.dumps(example or _placeholder_request())}])  # P(Yes) per request",
@@ -124,11 +140,12 @@ def model_card(config: dict, repo_id: Optional[str] = None, example: Optional[di
         "A request names a catalog user and item and lists the user's earlier interactions, oldest first, as "
         "`(item_id, rating)` pairs. A user outside the catalog needs a `profile` with the user fields of "
         "`catalog/users.csv` (pure ID fields such as a zip code may be left out); the CRM reads the padding token "
-        "in place of its user id and of the ID fields it lacks.",
+        "in place of its user id and of the ID fields it lacks or whose value it does not know. An item outside the "
+        "catalog cannot be scored.",
         "",
         "Or from the command line, publishing a pipeline run:", "",
         "```bash",
-        f"reclora-pipeline push --run OUT --repo-id {repo_id or 'NAME'} --model {config['model_name']}",
+        f"reclora-pipeline push --run OUT --repo-id {repo_id or 'NAME'} --model {record.model.name!r}",
         "```", "",
         "## Files", "",
         "- `adapter_config.json`, `adapter_model.safetensors`: the PEFT adapter (load it after `import peft_reclora`)",
@@ -136,22 +153,21 @@ def model_card(config: dict, repo_id: Optional[str] = None, example: Optional[di
         "- `vocabulary.json`: the CRM's ID vocabulary (values, offsets, ratings)",
         "- `catalog/items.csv`, `catalog/users.csv`: titles, attributes and profiles",
         *(["- `item_vectors.safetensors`: unit item vectors of the semantic retriever"]
-          if any(retrieval[part]["mode"] == "semantic" for part in ("short", "long")) else []),
-        "- `recommender.json`: every setting above, the metrics and the comparison table",
+          if "semantic" in record.modes else []),
+        "- `recommender.json`: the run's settings (its config tree), the model's histories, answer tokens, the "
+        "lineage of the parts and the metrics",
         "",
     ]
     return "\n".join(lines)
 
 
-def metrics_table(config: dict) -> list:
-    comparison = config.get("comparison") or {}
-    name = config["model_name"]
-    if not comparison and config.get("metrics"):
-        comparison = {name: config["metrics"]}
+def metrics_table(record) -> list:
+    comparison = record.metrics
     if not comparison:
         return ["No metrics were recorded for this run."]
-    reference = config.get("reference_model") or name
-    lines = [f"Measured on the {config['dataset'].get('metrics_split', 'test')} split of the run that trained it.", "",
+    name = record.model.name
+    reference = record.reference_model or name
+    lines = ["Measured on the test samples of the run that trained it.", "",
              f"| model | kind | AUC | LogLoss | RelImpr of {reference} | n |", "|---|---|---|---|---|---|"]
     for model, entry in comparison.items():
         impr = "-" if entry.get("rel_impr") is None else f"{100 * entry['rel_impr']:+.2f}%"
@@ -161,33 +177,34 @@ def metrics_table(config: dict) -> list:
     return lines
 
 
-def dataset_lines(dataset: dict) -> list:
-    options = dataset.get("options") or {}
-    samples = dataset.get("samples") or {}
-    ratio = options.get("split_ratio")
-    split = "- split: by global time"
-    if ratio:
-        split += f", {':'.join(f'{part:g}' for part in ratio)} train/valid/test"
+def dataset_lines(record) -> list:
+    dataset, data = record.dataset, record.config.data
+    samples = dataset.samples
+    split = f"- split: by global time, {':'.join(f'{part:g}' for part in data.split_ratio)} train/valid/test"
     if samples:
         split += f" ({', '.join(f'{name} {count}' for name, count in samples.items())} samples)"
-    lines = [f"- dataset: `{dataset['name']}` ({dataset['users']} users, {dataset['items']} items, "
-             f"{dataset['interactions']} interactions; label: {dataset.get('label_rule')})",
-             f"- processing: {options.get('core', '?')}-core filter, at least {options.get('min_history', '?')} "
-             "earlier interactions per sample",
+    spec = dataset.spec
+    rule = f"rating {'>=' if spec['label_inclusive'] else '>'} {spec['label_threshold']:g}"
+    lines = [f"- dataset: `{dataset.name}` ({dataset.users} users, {dataset.items} items, {dataset.interactions} "
+             f"interactions; label: {rule})",
+             f"- processing: {data.core}-core filter, at least {data.min_history} earlier interactions per sample",
              split]
-    time_range = dataset.get("time_range") or {}
+    time_range = dataset.time_range or {}
     if "test" in time_range:
         lines.append(f"- test period: {time_range['test'].get('first_utc')} to {time_range['test'].get('last_utc')}")
-    lines.append(f"- dataset fingerprint: `{dataset.get('fingerprint', '')[:16]}`")
+    lines.append(f"- dataset fingerprint: `{record.lineage.dataset_fingerprint[:16]}`")
     return lines
 
 
-def _history_text(settings: dict, k_name: str) -> str:
-    text = f"{settings['mode']}, K {settings[k_name]}"
-    if settings["mode"] == "semantic":
-        pca = settings.get("pca") or {}
-        text += (f"; cosine of item vectors ({settings.get('vector_dim', '?')}-d"
-                 + (f", PCA of {settings.get('pooling')}-pooled {settings.get('model')} states" if pca else "") + ")")
+def _history_text(record, which: str, encoder: str) -> str:
+    """``encoder``: the base model as the card names it (the run's LLM encoded the items; a local path would mean
+    nothing to a reader)."""
+    retrieval = record.config.retrieval
+    mode = record.model.short_history if which == "short" else record.model.long_history
+    text = f"{mode}, K {retrieval.k_short if which == 'short' else retrieval.k_long}"
+    if mode == "semantic" and record.retriever is not None:
+        text += (f"; cosine of item vectors ({record.retriever.vector_dim}-d, PCA of {retrieval.pooling}-pooled "
+                 f"`{encoder}` states)")
     return text
 
 
@@ -211,7 +228,7 @@ def _size(count: int) -> str:
 def add_push_command(subparsers) -> None:
     """Add ``push`` to the ``reclora-pipeline`` subcommands."""
     parser = subparsers.add_parser(
-        "push", help="publish a RecLoRA model of a run (adapter, CRM, vocabulary, catalog, retriever) to the Hub",
+        "push", allow_abbrev=False, help="publish a RecLoRA model of a run (adapter, CRM, vocabulary, catalog, retriever) to the Hub",
         description="Save a RecLoRA model of a pipeline run with its CRM, vocabulary, catalog, retriever settings, "
                     "prompt template and a model card, and upload the folder to a Hub repo as one commit.",
     )

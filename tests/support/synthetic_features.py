@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.features import CTRFeatures
+from reclora_pipeline.data.features import CTRFeatures
 
 
 def make_synthetic_splits(

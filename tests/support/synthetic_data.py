@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .movielens import ML100K_GENRES, ML1M_OCCUPATIONS
+from reclora_pipeline.data.movielens import ML100K_GENRES, ML1M_OCCUPATIONS
 
 GENRES = ML100K_GENRES[1:]
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)

@@ -1,4 +1,5 @@
-"""The text view of a sample (what prompts are written from) and the item descriptions the retriever encodes.
+"""The LLM's view of a sample: ``TextRecord`` (what a prompt is written from), built from a ``SampleView``, and the
+item descriptions the retriever encodes.
 
 Pure ID fields (user id, item id, zip code, ISBN, author id) never reach text: the LLM cannot read them (paper,
 Appendix C), and they would only add tokens. Unknown values ("unknown", "") are left out instead of written out.
@@ -9,16 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
+from .samples import SampleView
+
 UNKNOWN_VALUES = ("", "unknown")
 GENDER_WORDS = {"M": "male", "F": "female"}
 
 
 @dataclass
 class TextRecord:
-    """The text view of one sample, bound to its ``sample_id``.
-
-    The first five attributes have the names of ``reclora_pipeline.prompts.PromptRecord``, so a ``TextRecord`` can be
-    passed to ``build_prompt`` as it is.
+    """The text view of one sample, bound to its ``sample_id``: what ``build_prompt`` writes a prompt from.
 
     Attributes:
         sample_id: the sample key.
@@ -33,7 +35,7 @@ class TextRecord:
     sample_id: int
     target_title: str
     history: list
-    profile: dict
+    profile: dict = field(default_factory=dict)
     label: Optional[int] = None
     target_attributes: dict = field(default_factory=dict)
 
@@ -86,3 +88,30 @@ def item_description(noun: str, title: str, attributes: dict) -> str:
     elif "publisher" in attributes:
         parts.append(f"It was published by {attributes['publisher']}.")
     return " ".join(parts)
+
+
+def text_records(view: SampleView) -> list:
+    """One ``TextRecord`` per sample of ``view``: its target's title and attributes, its user's profile and its short
+    history (titles and ratings, oldest first)."""
+    spec = view.spec
+    titles = view.items["title"].to_numpy(dtype=object)
+    profiles = {}
+    for user in np.unique(view.user):
+        profiles[int(user)] = profile_of(view.users.iloc[int(user)].to_dict(), spec.profile_fields)
+    attributes = {}
+    for item in np.unique(view.item):
+        attributes[int(item)] = attributes_of(view.items.iloc[int(item)].to_dict(), spec.item_text_fields)
+    records = []
+    for position in range(len(view)):
+        items, ratings = view.short_items[position], view.short_ratings[position]
+        filled = items >= 0
+        label = None if view.label is None else int(view.label[position])
+        records.append(TextRecord(
+            sample_id=int(view.sample_id[position]),
+            target_title=titles[view.item[position]],
+            history=[(titles[item], readable_rating(rating)) for item, rating in zip(items[filled], ratings[filled])],
+            profile=dict(profiles[int(view.user[position])]),
+            label=label,
+            target_attributes=dict(attributes[int(view.item[position])]),
+        ))
+    return records

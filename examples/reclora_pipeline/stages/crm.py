@@ -1,0 +1,104 @@
+"""Stage 1: a CRM trained on the whole training split (early-stopped on validation AUC), and R_c, the hidden layer
+the gate reads, computed once for every training and test sample by the frozen CRM in eval mode.
+
+A CRM reads the long history of its ``history_source`` (SIM: the run's retrieval; the others: the most recent K_long
+items), so each (CRM, history) pair is one node. The R_c table records the fingerprint of the CRM's weights; loading
+it against another CRM fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import RunFolder, StageNode, cached
+from ..config import CrmConfig
+from ..crm import CrmEmbeddingTable, CrmModel, crm_class, crm_fingerprint, load_crm, save_crm, train_crm
+from ..data import RecDataset
+from ..retriever import RetrievalResult
+from ..views import build_ctr_features
+from . import Runtime, device_kind
+
+VERSION = 1
+RC_VERSION = 1
+RC_FILE = "rc.safetensors"
+RC_SPLITS = ("train", "test")
+
+
+def history_mode(name: str, retrieval_mode: str) -> str:
+    """The history a CRM reads in a run whose retrieval mode is ``retrieval_mode``."""
+    return retrieval_mode if crm_class(name).history_source == "retrieved" else "recent"
+
+
+def label(name: str, mode: str) -> str:
+    return f"{crm_class(name).display_name} ({mode})"
+
+
+def node(crm: CrmConfig, name: str, data: StageNode, retrieval: StageNode) -> StageNode:
+    inputs = {"name": name, "model": crm.model, "training": crm.training, "device": device_kind()}
+    return StageNode("crm", label(name, retrieval.label), inputs, (data, retrieval), VERSION)
+
+
+def rc_node(crm: CrmConfig, trained: StageNode) -> StageNode:
+    data, retrieval = trained.upstream
+    inputs = {"splits": list(RC_SPLITS), "batch_size": crm.training.eval_batch_size}
+    return StageNode("rc", trained.label, inputs, (trained, data, retrieval), RC_VERSION)
+
+
+@dataclass(frozen=True)
+class TrainedCrm:
+    model: CrmModel
+    key: str
+    path: Path
+    fingerprint: str
+    valid_auc: float
+
+
+def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: RetrievalResult,
+        runtime: Runtime) -> TrainedCrm:
+    name = node.inputs["name"]
+
+    def build(staging: Path) -> dict:
+        train = build_ctr_features(dataset, retrieval=retrieval, split="train")
+        folder.log(f"stage 1: {node.label} on {len(train):,} training samples")
+        model, report = train_crm(name, train, build_ctr_features(dataset, retrieval=retrieval, split="valid"),
+                                  node.inputs["training"], model_kwargs=node.inputs["model"].to_dict(),
+                                  device=runtime.device, progress=runtime.progress)
+        save_crm(model, staging, metrics={"valid_auc": report.valid_auc, "valid_logloss": report.valid_logloss})
+        (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        folder.log(f"{node.label}: best epoch {report.best_epoch} of {report.epochs_run}, valid AUC "
+                   f"{report.valid_auc:.4f} ({report.train_seconds:.0f} s)")
+        return {"valid_auc": report.valid_auc, "best_epoch": report.best_epoch, "crm_dim": model.crm_dim,
+                "fingerprint": crm_fingerprint(model)}
+
+    def load(artifact) -> TrainedCrm:
+        model = load_crm(artifact.path, device=runtime.device)
+        fingerprint = crm_fingerprint(model)
+        if fingerprint != artifact.summary["fingerprint"]:
+            raise ValueError(f"the weights in {artifact.path} are not the ones trained (fingerprint changed)")
+        return TrainedCrm(model, artifact.key, artifact.path, fingerprint, artifact.summary["valid_auc"])
+
+    trained, _ = cached(folder, node, build, load)
+    return trained
+
+
+def rc(folder: RunFolder, node: StageNode, crm: TrainedCrm, dataset: RecDataset,
+       retrieval: RetrievalResult) -> CrmEmbeddingTable:
+    """R_c of every sample of ``RC_SPLITS``, looked up by sample id."""
+
+    def build(staging: Path) -> dict:
+        tables = [CrmEmbeddingTable.from_model(crm.model, build_ctr_features(dataset, retrieval=retrieval, split=split),
+                                               batch_size=node.inputs["batch_size"], progress=False)
+                  for split in node.inputs["splits"]]
+        table = CrmEmbeddingTable.merge(tables)
+        table.save(staging / RC_FILE)
+        return {"samples": len(table), "crm_dim": table.crm_dim, "crm_fingerprint": crm.fingerprint,
+                "mean_norm": float(np.linalg.norm(table.embeds_for(table.sample_ids), axis=1).mean())}
+
+    table, _ = cached(folder, node, build,
+                      lambda artifact: CrmEmbeddingTable.load(artifact.path / RC_FILE,
+                                                              expected_fingerprint=crm.fingerprint))
+    return table

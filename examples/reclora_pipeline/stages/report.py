@@ -1,0 +1,238 @@
+"""The report: the comparison table of the run's models, written into the run folder from their score artifacts.
+
+    OUT/results.json         per model: kind, method, study, auc, logloss, n, positive_rate, rel_impr, the keys of its
+                             stages (score, tune, rc, crm) and what training measured; the run's device, versions,
+                             timings and the digest of OUT/config.json
+    OUT/results.md           the table
+    OUT/predictions/<model>.csv, OUT/eval_samples.json, OUT/plots/*.png
+    OUT/results_previous.json  entries of earlier tables of this folder that this run's table no longer holds
+
+The table holds exactly the models of this run's config; results.json is written last, so it never names an artifact
+that is not finished, and the previous results.json is removed before anything else is written, so a results.json
+always describes the predictions and plots beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import RunFolder, atomic_path, safe_name, write_json_atomically, write_text_atomically
+from ..config import RunConfig
+from ..data import RecDataset
+from ..methods import REFERENCE_NAME, Lora, RecLora
+from ..metrics import rel_impr
+from ..plots import plot_auc_vs_num_meta_loras, plot_gate_usage, plot_model_comparison, plot_sample_efficiency
+from ..sampling import save_index_file
+
+PREDICTION_COLUMNS = ("user_id", "item_id", "timestamp", "label", "score")
+PREVIOUS_NAME = "results_previous.json"
+
+
+class RunResult(Mapping):
+    """The models of a run by name (each entry as in results.json), and what each stage did (``stages``)."""
+
+    def __init__(self, models: dict, stages: list, path: Path):
+        self.models, self.stages, self.path = models, stages, path
+
+    def __getitem__(self, name):
+        return self.models[name]
+
+    def __iter__(self):
+        return iter(self.models)
+
+    def __len__(self):
+        return len(self.models)
+
+    def actions(self) -> dict:
+        """``{(stage, label): "built" | "reused" | "rebuilt"}``."""
+        return {(event.stage, event.label): event.action for event in self.stages}
+
+
+def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict, dataset: RecDataset,
+        seconds: float) -> RunResult:
+    """``scores``: name -> ``Scores``, in table order; ``adapters``: name -> ``TunedAdapter`` of the tuned models."""
+    models = _entries(plan, scores, adapters)
+    _check_same_samples(scores)
+    first = next(iter(scores.values()))
+    rows = dataset.samples.set_index("sample_id").loc[first.sample_ids].reset_index()
+    _set_aside_previous(folder, models)
+    for path in (folder.results_path, folder.root / "results.md"):  # a killed report leaves no table, never an old
+        path.unlink(missing_ok=True)  # table beside the predictions and plots of this run
+    write_predictions(folder.root / "predictions", rows, {name: result.scores for name, result in scores.items()})
+    save_index_file(folder.root / "eval_samples.json", first.sample_ids, split="test", size=len(first.sample_ids),
+                    seed=config.eval.test_seed, of=len(dataset.sample_ids("test")))
+    _write_plots(folder.root / "plots", config, plan, models, scores)
+    payload = {
+        "reference_model": REFERENCE_NAME,
+        "config_digest": config.digest(),
+        "eval_samples": int(len(first.sample_ids)),
+        "test_split_size": int(len(dataset.sample_ids("test"))),
+        "device": _device(), "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
+        "timings": {**_timings(folder), "total_s": seconds},
+        "models": models,
+    }
+    write_text_atomically(folder.root / "results.md", markdown(models))
+    write_json_atomically(folder.results_path, payload)  # last: the commit point of the run
+    return RunResult(models, list(folder.events), folder.results_path)
+
+
+def _entries(plan, scores: dict, adapters: dict) -> dict:
+    info = {m.display_name: {"kind": "crm", "method": m.name, "study": "main",
+                             "stages": {"score": m.score.key, "crm": m.crm.key}} for m in plan.crm_models}
+    for m in plan.llm_models:
+        stages = {"score": m.score.key}
+        if m.tune is not None:
+            stages["tune"] = m.tune.key
+        if m.rc is not None:
+            stages["rc"] = m.rc.key
+            stages["crm"] = m.rc.upstream[0].key
+        info[m.name] = {"kind": "llm", "method": m.method.choice, "study": m.method.study, "stages": stages,
+                        "short_history": m.short_history, "long_history": m.long_history}
+    reference = scores.get(REFERENCE_NAME)
+    models = {}
+    for name, result in scores.items():
+        entry = {**info[name], **result.metrics}
+        entry["rel_impr"] = (None if reference is None or name == REFERENCE_NAME
+                             else rel_impr(reference.metrics["auc"], result.metrics["auc"]))
+        if name in adapters:
+            summary = adapters[name].summary
+            entry.update({key: summary.get(key) for key in ("trainable_parameters", "train_runtime_s", "train_loss")})
+        models[name] = entry
+    return models
+
+
+def _check_same_samples(scores: dict) -> None:
+    first = next(iter(scores.values()))
+    for result in scores.values():
+        if not np.array_equal(result.sample_ids, first.sample_ids):
+            raise RuntimeError(f"{result.name} was scored on other samples than {first.name} ({result.path})")
+
+
+def markdown(models: dict) -> str:
+    lines = [f"| model | kind | AUC | LogLoss | RelImpr of {REFERENCE_NAME} | n |", "|---|---|---|---|---|---|"]
+    for name, entry in models.items():
+        impr = "-" if entry["rel_impr"] is None else f"{100 * entry['rel_impr']:+.2f}%"
+        lines.append(f"| {name} | {entry['kind']} | {entry['auc']:.4f} | {entry['logloss']:.4f} | {impr} | "
+                     f"{entry['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(directory: Path, rows, scores: dict) -> None:
+    """``<model>.csv`` with user_id, item_id, timestamp, label (``rows``, one per evaluation sample) and each model's
+    score; CSVs of models not in ``scores`` are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = set()
+    for name, values in scores.items():
+        if len(values) != len(rows):
+            raise ValueError(f"{len(values)} scores of {name} for {len(rows)} samples")
+        path = directory / f"{safe_name(name)}.csv"
+        with atomic_path(path) as staging, open(staging, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(PREDICTION_COLUMNS)
+            for user_id, item_id, timestamp, label, score in zip(rows["user_id"], rows["item_id"], rows["timestamp"],
+                                                                 rows["label"], values):
+                writer.writerow([user_id, item_id, int(timestamp), int(label), f"{score:.6f}"])
+        written.add(path.name)
+    for path in directory.glob("*.csv"):
+        if path.name not in written:
+            path.unlink()
+
+
+def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores: dict) -> None:
+    written = set()
+
+    def keep(path: Path) -> None:
+        written.add(path.name)
+
+    by_name = {m.name: m.method for m in plan.llm_models}
+    main = {name: entry for name, entry in models.items()
+            if entry["kind"] == "crm" or entry["study"] in ("main", "ablation")}
+    if main:
+        keep(plot_model_comparison(main, directory / "model_comparison.png"))
+
+    def plain(method) -> bool:  # the run's own histories and few-shot size
+        return (method.short_mode(config) == config.retrieval.mode and method.few_shot_size(config) == config.tune.few_shot
+                and (not method.needs_crm or method.long_mode(config) == config.retrieval.mode))
+
+    points = [(by_name[n].num_meta_loras(config), models[n]["auc"]) for n in models
+              if type(by_name.get(n)) is RecLora and plain(by_name[n])]
+    if len(points) > 1:
+        keep(plot_auc_vs_num_meta_loras(points, directory / "auc_vs_num_meta_loras.png"))
+    curves: dict = {}
+    main_n_m = RecLora().num_meta_loras(config)
+    for name in models:
+        method = by_name.get(name)
+        if type(method) not in (RecLora, Lora) or method.study not in ("main", "few_shot"):
+            continue
+        if method.num_meta_loras(config) != main_n_m or method.short_mode(config) != config.retrieval.mode:
+            continue
+        label = REFERENCE_NAME if type(method) is RecLora else f"LoRA (r={method.lora_rank(config)})"
+        curves.setdefault(label, []).append((method.few_shot_size(config), models[name]["auc"]))
+    if any(len(points) > 1 for points in curves.values()):
+        keep(plot_sample_efficiency(curves, directory / "sample_efficiency.png"))
+    for name, result in scores.items():
+        if result.gate is not None:
+            keep(plot_gate_usage(result.gate, directory / f"gate_usage_{safe_name(name)}.png",
+                                 title=f"{name}: gate usage over {len(result.gate)} test samples"))
+    for path in directory.glob("*.png") if directory.is_dir() else ():
+        if path.name not in written:
+            path.unlink()
+
+
+def _set_aside_previous(folder: RunFolder, models: dict) -> None:
+    """Entries of the previous results.json that this table does not hold (another model, or the same name scored
+    with other settings) are kept in results_previous.json instead of being lost."""
+    if not folder.results_path.is_file():
+        return
+    try:
+        previous = json.loads(folder.results_path.read_text())["models"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
+        folder.log(f"report: {folder.results_path} is not a readable results file ({type(error).__name__}: {error}); "
+                   "it is replaced and none of it is kept")
+        return
+    stale = {name: entry for name, entry in previous.items()
+             if not isinstance(entry, dict) or name not in models
+             or (entry.get("stages") or {}).get("score") != models[name]["stages"]["score"]}
+    if not stale:
+        return
+    path = folder.root / PREVIOUS_NAME
+    kept: dict = {}
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            folder.log(f"report: {path} is not valid JSON; it is started again")
+    kept.update(stale)
+    write_json_atomically(path, kept)
+    folder.log(f"report: {len(stale)} result(s) of an earlier table kept in {PREVIOUS_NAME}: {', '.join(stale)}")
+
+
+def _timings(folder: RunFolder) -> dict:
+    timings: dict = {}
+    for event in folder.events:
+        timings[f"{event.stage}_s"] = timings.get(f"{event.stage}_s", 0.0) + event.seconds
+    return timings
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    import peft_reclora
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "peft_reclora": peft_reclora.__version__}
+

@@ -1,0 +1,152 @@
+"""Stage 2 (Few2Many): one LLM model tuned on a seeded few-shot sample of the training split.
+
+The key covers the model's PEFT config as PEFT receives it (``tune.adapter`` through the model's method), the
+few-shot sample, the loss, ``tune.training``, the base LLM, the prompt settings, and upstream the retrieval that writes
+its prompts and (RecLoRA) the R_c table that feeds its gate. The artifact holds the PEFT adapter, the few-shot sample
+ids and the training summary. An interrupted build resumes from its checkpoints (``tune.training.save_steps``): they
+live in the build folder of the same key, so they are never resumed into other settings.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from safetensors.torch import load_file
+
+from ..artifacts import RunFolder, StageNode, cached, canonical, read_json
+from ..config import PromptConfig, RunConfig
+from ..crm import CrmEmbeddingTable
+from ..data import RecDataset
+from ..llm import dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from ..methods import Method
+from ..retriever import RetrievalResult
+from ..sampling import load_index_file, save_index_file, seeded_sample
+from ..trainer import AnswerTokenDataset, build_peft_model, last_checkpoint, seed_everything, train_adapter
+from ..views import PromptFormatter, SampleView, prompt_token_ids, text_records
+from . import Runtime, device_kind
+
+VERSION = 1
+ADAPTER_DIR = "adapter"
+FEW_SHOT_FILE = "few_shot.json"
+# Fields of a PEFT config that record where and when it was made, not what it trains.
+PEFT_BOOKKEEPING = ("base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode")
+
+
+def llm_inputs(config: RunConfig) -> dict:
+    return {"base_model": config.llm.base_model, "dtype": dtype_name(resolve_dtype(config.llm.dtype))}
+
+
+def peft_inputs(model: Method, config: RunConfig) -> Optional[dict]:
+    peft_config = model.peft_config(model.adapter_settings(config), crm_dim=config.crm.model.crm_dim)
+    if peft_config is None:
+        return None
+    return {key: value for key, value in canonical(peft_config.to_dict()).items() if key not in PEFT_BOOKKEEPING}
+
+
+def node(model: Method, config: RunConfig, data: StageNode, retrieval: StageNode,
+         rc: Optional[StageNode]) -> StageNode:
+    inputs = {
+        "method": type(model).__name__,
+        "peft": peft_inputs(model, config),
+        "few_shot": model.few_shot_size(config),
+        "few_shot_seed": config.tune.few_shot_seed,
+        "loss": config.tune.loss,
+        "training": config.tune.training,
+        "llm": llm_inputs(config),
+        "prompt": config.prompt,
+        "device": device_kind(),
+    }
+    upstream = (data, retrieval) + ((rc,) if rc is not None else ())
+    return StageNode("tune", model.name(config), inputs, upstream, VERSION)
+
+
+@dataclass(frozen=True)
+class TunedAdapter:
+    """A finished tune artifact: where the adapter is, and what training reported."""
+
+    path: Path
+    key: str
+    few_shot_ids: object
+    summary: dict
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+
+def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: RetrievalResult,
+        rc: Optional[CrmEmbeddingTable], runtime: Runtime) -> TunedAdapter:
+    """``retrieval`` writes the prompts' short histories; ``rc`` (RecLoRA) is the R_c table of the gate CRM."""
+    inputs = node.inputs
+
+    def build(staging: Path) -> dict:
+        prompt: PromptConfig = inputs["prompt"]
+        llm = inputs["llm"]
+        tokenizer = load_tokenizer(llm["base_model"])
+        formatter = PromptFormatter(tokenizer, prompt.style)
+        seed_everything(int(inputs["training"].get("seed", _declared_seed())))
+        base = load_base_model(llm["base_model"], dtype=resolve_dtype(llm["dtype"])).to(runtime.device)
+        base.config.pad_token_id = tokenizer.pad_token_id
+        train_ids = seeded_sample(dataset.sample_ids("train"), inputs["few_shot"], inputs["few_shot_seed"],
+                                  what="few-shot")
+        save_index_file(staging / FEW_SHOT_FILE, train_ids, split="train", size=len(train_ids),
+                        seed=inputs["few_shot_seed"])
+        crm_embeds = rc.get(train_ids) if rc is not None else None
+        view = SampleView.from_dataset(dataset, train_ids, short=retrieval, k_long=0)
+        token_ids = prompt_token_ids(dataset.spec, text_records(view), formatter, prompt.max_tokens)
+        folder.log(f"stage 2: {node.label} on {len(train_ids)} few-shot samples "
+                   f"(positive rate {view.label.mean():.2f})")
+        train_set = AnswerTokenDataset(train_ids, token_ids, [formatter.answer_id(label) for label in view.label],
+                                       crm_embeds)
+        peft_model = build_peft_model(base, peft_config_of(inputs["peft"], rc))
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        folder.log(f"trainable parameters: {trainable:,} of {total:,}")
+        resume = last_checkpoint(staging / "checkpoints")
+        if resume is not None:
+            folder.log(f"resuming {node.label} from its last checkpoint ({resume.name})")
+        summary = train_adapter(peft_model, train_set, inputs["training"], staging, tokenizer.pad_token_id,
+                                loss=inputs["loss"], answer_pair=(formatter.no_id, formatter.yes_id),
+                                resume_from_checkpoint=str(resume) if resume else None, progress=runtime.progress)
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the adapter is final; nothing left to resume
+        return {**summary, "trainable_parameters": int(trainable), "total_parameters": int(total),
+                "resumed_from": resume.name if resume else None}
+
+    def load(artifact) -> TunedAdapter:
+        """Reads the adapter as scoring will, so that a damaged adapter is trained again here instead of failing the
+        scoring of a reused one."""
+        adapter = artifact.path / ADAPTER_DIR
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (adapter / name).is_file():
+                raise FileNotFoundError(f"{adapter} has no {name}")
+        read_json(adapter / "adapter_config.json", "adapter config")
+        load_file(str(adapter / "adapter_model.safetensors"))
+        return TunedAdapter(artifact.path, artifact.key, load_index_file(artifact.path / FEW_SHOT_FILE),
+                            artifact.summary)
+
+    adapter, _ = cached(folder, node, build, load, keep=("checkpoints",))
+    return adapter
+
+
+def _declared_seed() -> int:
+    """TrainingArguments' own default seed, which the Trainer uses when tune.training sets none."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {item.name: item for item in dataclasses.fields(TrainingArguments)}["seed"].default
+
+
+def peft_config_of(recorded: dict, rc: Optional[CrmEmbeddingTable]):
+    """The PEFT config a node records, rebuilt (PEFT picks the class by ``peft_type``); a RecLoRA config must read
+    R_c as wide as the table's."""
+    from peft import PeftConfig
+
+    peft_config = PeftConfig.from_peft_type(**recorded)
+    crm_dim = getattr(peft_config, "crm_dim", None)
+    if crm_dim is not None and (rc is None or rc.crm_dim != crm_dim):
+        raise ValueError(f"the adapter's crm_dim {crm_dim} does not match R_c of width "
+                         f"{None if rc is None else rc.crm_dim}")
+    return peft_config

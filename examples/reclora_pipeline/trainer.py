@@ -1,0 +1,248 @@
+"""Stage-2 machinery: few-shot tuning of the LLM with RecLoRA (or a LoRA baseline) through the HF Trainer.
+
+Only the adapter trains: the LLM is frozen by PEFT and the CRM is not in the loop at all, because its representation
+R_c is precomputed once per sample (frozen, eval mode) and enters each batch as ``crm_embeds``. The loss is the
+cross-entropy of the answer token ("Yes"/"No") at the last prompt position, computed from that position's logits only.
+
+``TrainingArguments`` come from the run config's ``tune.training`` mapping, passed on as it is; the pipeline adds only
+what its data contract needs (``output_dir``, ``remove_unused_columns=False``, ``label_names``) and, unless given,
+what follows from the device and the sample (``use_cpu``, ``bf16``, ``logging_steps``, ``save_strategy``). Because
+training goes through the HF ``Trainer``, ``accelerate launch`` runs the same code on several GPUs, and checkpoints
+resume exactly (optimizer, scheduler, RNG and data order are restored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .config import RESERVED_TRAINING_KEYS
+from .tracking import tracker_names
+
+logger = logging.getLogger(__name__)
+
+# "vocab": cross-entropy of the answer token over the whole vocabulary (the language-modelling loss of TALLRec, ReLLa
+# and the paper); "yes_no": cross-entropy over the Yes/No logits only, the quantity P(Yes) scoring reads.
+LOSSES = ("vocab", "yes_no")
+
+
+class AnswerTokenDataset(Dataset):
+    """Tokenized prompts with their answer token and (for RecLoRA) the CRM representation of the same sample_id."""
+
+    def __init__(
+        self,
+        sample_ids: Sequence[int],
+        token_ids: Sequence[Sequence[int]],
+        answer_ids: Sequence[int],
+        crm_embeds: Optional[torch.Tensor] = None,
+    ):
+        if not (len(sample_ids) == len(token_ids) == len(answer_ids)):
+            raise ValueError("sample_ids, token_ids and answer_ids must have one entry per sample")
+        if crm_embeds is not None and len(crm_embeds) != len(sample_ids):
+            raise ValueError(f"crm_embeds has {len(crm_embeds)} rows for {len(sample_ids)} samples")
+        if any(len(ids) == 0 for ids in token_ids):
+            raise ValueError("empty prompt in the training set")
+        self.sample_ids = list(sample_ids)
+        self.token_ids = [list(ids) for ids in token_ids]
+        self.answer_ids = list(answer_ids)
+        self.crm_embeds = crm_embeds
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+    def __getitem__(self, index):
+        item = {"input_ids": self.token_ids[index], "answer_ids": self.answer_ids[index]}
+        if self.crm_embeds is not None:
+            item["crm_embeds"] = self.crm_embeds[index]
+        return item
+
+
+class LeftPadCollator:
+    """Left-pads prompts (the answer position is the last column) and stacks answer ids and CRM rows."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows):
+        from .scoring import left_pad
+
+        input_ids, attention_mask = left_pad([row["input_ids"] for row in rows], self.pad_id)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "answer_ids": torch.tensor([row["answer_ids"] for row in rows], dtype=torch.long),
+        }
+        if "crm_embeds" in rows[0]:
+            batch["crm_embeds"] = torch.stack([torch.as_tensor(row["crm_embeds"]) for row in rows]).float()
+        return batch
+
+
+def _answer_token_trainer_class():
+    from transformers import Trainer
+
+    class AnswerTokenTrainer(Trainer):
+        """Trainer whose loss is the answer token's cross-entropy at the last position (logits of that position only),
+        over the vocabulary or, with ``answer_pair=(no_id, yes_id)``, over the two answer tokens."""
+
+        def __init__(self, *args, answer_pair=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.answer_pair = answer_pair
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            answer_ids = inputs.pop("answer_ids")
+            outputs = model(**inputs, logits_to_keep=1)
+            logits = outputs.logits[:, -1].float()
+            if self.answer_pair is not None:
+                no_id, yes_id = self.answer_pair
+                if not bool(((answer_ids == yes_id) | (answer_ids == no_id)).all()):
+                    raise ValueError(f"the yes_no loss needs answer ids {yes_id} (Yes) or {no_id} (No)")
+                logits, answer_ids = logits[:, [no_id, yes_id]], (answer_ids == yes_id).long()
+            # Mean over the micro-batch; the Trainer divides by the accumulation steps (micro-batches are equal-sized).
+            loss = torch.nn.functional.cross_entropy(logits, answer_ids)
+            return (loss, outputs) if return_outputs else loss
+
+    return AnswerTokenTrainer
+
+
+def build_peft_model(base_model, peft_config):
+    """``get_peft_model`` with the method's config (RecLoraConfig or LoraConfig)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(base_model, peft_config)
+
+
+def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int, progress: bool = True,
+                       report_to: Sequence[str] = (), run_name: Optional[str] = None, project: Optional[str] = None):
+    """``TrainingArguments`` of ``tune.training`` for a run over ``num_samples`` samples into ``output_dir``, reporting
+    to the trackers ``report_to`` (TensorBoard is attached by :func:`train_adapter`, to write where CRM training
+    writes)."""
+    from transformers import TrainingArguments
+
+    use_cuda = torch.cuda.is_available()
+    arguments = dict(training)
+    batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
+    arguments.setdefault("logging_steps", max(1, num_samples // batch // 10))
+    arguments.setdefault("save_strategy", "steps" if arguments.get("save_steps") else "no")
+    arguments.setdefault("use_cpu", not use_cuda)
+    arguments.setdefault("bf16", use_cuda)
+    arguments.setdefault("disable_tqdm", not progress)
+    arguments.update(output_dir=str(Path(output_dir) / "checkpoints"), remove_unused_columns=False,
+                     label_names=["answer_ids"],
+                     report_to=[name for name in tracker_names(report_to) if name != "tensorboard"] or "none")
+    if run_name is not None:
+        arguments["run_name"] = run_name
+    if project is not None:
+        arguments["project"] = project
+    return TrainingArguments(**arguments)
+
+
+def _declared(name: str):
+    from transformers import TrainingArguments
+
+    item = {f.name: f for f in dataclasses.fields(TrainingArguments)}[name]
+    return item.default
+
+
+def training_arguments_problem(training: Mapping) -> Optional[str]:
+    """Why ``tune.training`` does not make TrainingArguments (an unknown or reserved key, a bad value), or None."""
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in training:
+        if key in RESERVED_TRAINING_KEYS:
+            return f"{key} cannot be set: {RESERVED_TRAINING_KEYS[key]}"
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            return f"{key!r} is not a TrainingArguments field" + (f"; did you mean {', '.join(close)}?" if close else "")
+    try:
+        training_arguments(training, Path("unused"), num_samples=1, progress=False)
+    except (TypeError, ValueError) as error:
+        return f"TrainingArguments rejects it: {error}"
+    return None
+
+
+def train_adapter(
+    model,
+    dataset: AnswerTokenDataset,
+    training: Mapping,
+    output_dir: Path,
+    pad_id: int,
+    *,
+    loss: str = "vocab",
+    answer_pair: Optional[tuple] = None,
+    resume_from_checkpoint: Optional[str] = None,
+    progress: bool = True,
+    report_to: Sequence[str] = (),
+    run_name: Optional[str] = None,
+    project: Optional[str] = None,
+    logging_dir: Optional[Path] = None,
+) -> dict:
+    """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter`` and returns a
+    summary (runtime, loss, loss history). ``answer_pair`` = (no_id, yes_id) is needed by ``loss="yes_no"``.
+    ``report_to``, ``run_name``, ``project``: the trackers of the run; TensorBoard writes to
+    ``logging_dir/run_name``."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "yes_no" and answer_pair is None:
+        raise ValueError("loss='yes_no' needs answer_pair=(no_id, yes_id)")
+    output_dir = Path(output_dir)
+    args = training_arguments(training, output_dir, num_samples=len(dataset), progress=progress,
+                              report_to=report_to, run_name=run_name, project=project)
+    callbacks = []
+    if "tensorboard" in tracker_names(report_to):
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        folder = Path(logging_dir or output_dir / "tracking") / (run_name or "tune")
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(folder))))
+    trainer = _answer_token_trainer_class()(
+        model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id),
+        answer_pair=tuple(answer_pair) if loss == "yes_no" else None, callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    model.save_pretrained(str(output_dir / "adapter"))
+    return {
+        "train_samples": len(dataset),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_loss": result.metrics.get("train_loss"),
+        "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "bf16": bool(args.bf16),
+        "global_steps": int(trainer.state.global_step),
+    }
+
+
+def last_checkpoint(checkpoints: Path) -> Optional[Path]:
+    """The newest complete Trainer checkpoint under ``checkpoints`` (its trainer state is written last), or None."""
+    found = [path for path in Path(checkpoints).glob("checkpoint-*")
+             if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json")]
+    return max(found, key=lambda path: int(path.name.split("-")[-1])) if found else None
+
+
+def _readable_json(path: Path) -> bool:
+    """Whether ``path`` holds whole JSON (a checkpoint killed while its state was written does not)."""
+    import json
+
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

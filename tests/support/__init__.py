@@ -1,0 +1,1 @@
+"""Test-only helpers: synthetic datasets in the official file formats, synthetic CRM features, the CRM benchmark."""

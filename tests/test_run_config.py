@@ -1,0 +1,177 @@
+"""The run's config tree on the command line: files, --set, flags generated from the fields (with help and defaults),
+the earlier flags as aliases, layering order, validation before anything runs, and a --help that imports nothing
+heavy."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from reclora_pipeline.cli import build_parser, main, run_config
+from reclora_pipeline.config import PRESETS, RunConfig, leaves, read_config_file
+from reclora_pipeline.flags import parse_set
+
+# Every flag of `run` before the config tree existed, with a value and the setting it must reach.
+EARLIER_FLAGS = [
+    (["--dataset", "ml-1m"], "data.dataset", "ml-1m"),
+    (["--source", "/data/ml-1m"], "data.source", "/data/ml-1m"),
+    (["--base-model", "/models/x"], "llm.base_model", "/models/x"),
+    (["--dtype", "bfloat16"], "llm.dtype", "bfloat16"),
+    (["--models", "zero-shot,reclora"], "models", ("zero-shot", "reclora")),
+    (["--crm", "din"], "crm.name", "din"),
+    (["--crm-baselines", "deepfm,sasrec"], "crm.baselines", ("deepfm", "sasrec")),
+    (["--retrieval", "recent"], "retrieval.mode", "recent"),
+    (["--k-long", "30"], "retrieval.k_long", 30),
+    (["--k-short", "5"], "retrieval.k_short", 5),
+    (["--few-shot", "64"], "tune.few_shot", 64),
+    (["--few-shot-seed", "3"], "tune.few_shot_seed", 3),
+    (["--num-meta-loras", "4"], "tune.adapter.num_meta_loras", 4),
+    (["--r", "4"], "tune.adapter.r", 4),
+    (["--epochs", "2"], "tune.training.num_train_epochs", 2.0),
+    (["--learning-rate", "3e-4"], "tune.training.learning_rate", 3e-4),
+    (["--batch-size", "4"], "tune.training.per_device_train_batch_size", 4),
+    (["--gradient-checkpointing"], "tune.training.activation_checkpointing", True),
+    (["--loss", "yes_no"], "tune.loss", "yes_no"),
+    (["--crm-epochs", "2"], "crm.training.epochs", 2),
+    (["--crm-rc-layer", "0"], "crm.model.rc_layer", 0),
+    (["--save-steps", "5"], "tune.training.save_steps", 5),
+    (["--sweep-num-meta-loras", "2,8"], "study.sweep_num_meta_loras", (2, 8)),
+    (["--sweep-few-shot", "32,64"], "study.sweep_few_shot", (32, 64)),
+    (["--test-samples", "100"], "eval.test_samples", 100),
+    (["--score-batch-size", "8"], "eval.batch_size", 8),
+    (["--no-progress"], "progress", False),
+]
+
+
+def config_of(*argv):
+    args = build_parser().parse_args(["run", "--out", "unused", *argv])
+    return run_config(args)
+
+
+@pytest.mark.parametrize("argv, path, value", EARLIER_FLAGS, ids=[flags[0] for flags, _, _ in EARLIER_FLAGS])
+def test_earlier_flags_are_aliases_of_their_settings(argv, path, value):
+    assert config_of(*argv).get(path) == value
+
+
+def test_seed_alias_sets_every_seed_it_used_to():
+    config = config_of("--seed", "7")
+    assert config.crm.training.seed == 7 and config.tune.training["seed"] == 7
+    assert config.tune.training["data_seed"] == 7
+
+
+def test_every_setting_is_a_flag_named_by_its_path_with_help_and_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    demo = RunConfig.from_preset("demo")
+    for leaf in leaves():
+        if leaf.path in ("tune.adapter", "tune.training"):
+            assert f"{leaf.path}: " in text and f"--set {leaf.path}.KEY=VALUE" in text
+            continue
+        assert f"--{leaf.path}" in text, leaf.path
+        assert " ".join(leaf.help.split()) in text, leaf.path
+    assert "(default: 192)" in text and demo.tune.few_shot == 192  # defaults shown are the preset's
+    for leaf in leaves():
+        assert leaf.help, f"{leaf.path} has no help text"
+
+
+def test_layers_defaults_preset_file_flags_set(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(textwrap.dedent("""
+        preset = "demo"
+        models = ["lora", "reclora"]
+        [retrieval]
+        k_short = 7
+        [tune]
+        few_shot = 256
+        [tune.adapter]
+        mixing = "weights"
+        gate_sharing = "per_module"
+        [tune.training]
+        learning_rate = 3e-3
+        lr_scheduler_type = "cosine"
+    """))
+    config = config_of("--config", str(toml), "--few-shot", "128", "--set", "tune.few_shot=64",
+                       "--set", "tune.adapter.temperature=2.0", "--set", "tune.training.max_grad_norm=0.5")
+    assert config.retrieval.k_short == 7  # file over preset (the demo's 3)
+    assert config.crm.model.hidden_dims == (128, 64)  # the preset the file names, under the file
+    assert config.tune.few_shot == 64  # --set after the flag, the flag after the file
+    assert config.tune.adapter["mixing"] == "weights" and config.tune.adapter["temperature"] == 2.0
+    assert config.tune.adapter["r"] == 8  # a mapping setting merges key by key
+    assert config.tune.training == {**PRESETS["demo"]["tune"]["training"], "per_device_train_batch_size": 8,
+                                    "warmup_steps": 0.05, "seed": 42, "data_seed": 42,
+                                    "learning_rate": 3e-3, "lr_scheduler_type": "cosine", "max_grad_norm": 0.5}
+    for suffix, text in ((".json", json.dumps({"retrieval": {"k_short": 7}})), (".yaml", "retrieval:\n  k_short: 7\n")):
+        path = tmp_path / f"run{suffix}"
+        path.write_text(text)
+        assert read_config_file(path) == {"retrieval": {"k_short": 7}}
+
+
+def test_bad_settings_name_the_setting_and_write_nothing(tmp_path, capsys):
+    cases = [
+        (["--set", "retrieval.k_lnog=3"], "unknown setting 'retrieval.k_lnog'; did you mean retrieval.k_long"),
+        (["--k-long", "0"], "retrieval.k_long must be at least 1"),
+        (["--dataset", "ml-2m"], "data.dataset: 'ml-2m' is not one of"),
+        (["--set", "tune.training.learning_rat=1"], "did you mean learning_rate"),
+        (["--set", "tune.adapter.num_meta_loras=0"], "tune.adapter does not give a valid PEFT config"),
+        (["--set", "retrieval=3"], "retrieval is a section"),
+    ]
+    for argv, message in cases:
+        assert main(["run", "--out", str(tmp_path / "x"), *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[retrieval\nk_long = 3")
+    assert main(["run", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
+    assert f"{bad}: not valid TOML" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_no_abbreviated_flags(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--epoch", "3"])
+    assert "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+
+
+def test_parse_set_keeps_setting_values_as_text_and_parses_mapping_keys():
+    assert parse_set("retrieval.k_long=30") == ("retrieval.k_long", "30")
+    assert parse_set("tune.adapter.target_modules=[\"q_proj\"]") == ("tune.adapter.target_modules", ["q_proj"])
+    assert parse_set("tune.adapter.mixing=weights") == ("tune.adapter.mixing", "weights")
+    with pytest.raises(ValueError, match="expected PATH=VALUE"):
+        parse_set("retrieval.k_long")
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    """The parser (choices of datasets, CRMs, models, prompt styles included) is built from light modules only."""
+    code = ("import sys; from reclora_pipeline.cli import build_parser; "
+            "p = build_parser(); p.format_help(); "
+            "[a.format_help() for a in p._subparsers._group_actions[0].choices.values()]; "
+            "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_missing_extra_names_the_extra(monkeypatch, capsys):
+    import reclora_pipeline.cli as cli
+
+    def handler(args):
+        raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+
+    parser = build_parser()
+    args = parser.parse_args(["data", "--out", "x"])
+    monkeypatch.setattr(cli, "build_parser", lambda: _Returning(parser, args, handler))
+    assert cli.main([]) == 2
+    assert "pip install -e '.[examples]'" in capsys.readouterr().err
+
+
+class _Returning:
+    def __init__(self, parser, args, handler):
+        self.parser, self.args = parser, args
+        args.handler = handler
+
+    def parse_args(self, argv):
+        return self.args
+
+    def print_help(self, *a):
+        pass
