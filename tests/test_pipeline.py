@@ -67,7 +67,7 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
     out = tmp_path / "run"
     config = fast_config(out, tiny_base_model, crm__baselines=["din", "deepfm"],
                          models=["zero-shot", "lora", "lora-same-params", "reclora", "ablations"],
-                         study__sweep_num_meta_loras=[2], study__sweep_few_shot=[8])
+                         study__sweep_num_meta_loras=[2], study__sweep_few_shot=[8], eval__shuffled_gate=True)
     results = run_pipeline(config)
     expected = {"SIM", "DIN", "DeepFM", "Zero-shot", "LoRA (r=2)", "LoRA (r=8)", "RecLoRA",
                 "RecLoRA w/o long retriever", "RecLoRA w/o short retriever", "RecLoRA w/o both retrievers",
@@ -84,9 +84,25 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
         assert 0.0 <= entry["auc"] <= 1.0 and entry["logloss"] > 0 and entry["n"] == 40, name
         assert "settings" not in entry and entry["stages"]["score"]
         if name == "RecLoRA":
-            assert entry["rel_impr"] is None
+            assert entry["rel_impr"] is None and "vs_reference" not in entry
         else:
             assert entry["rel_impr"] == pytest.approx(saved["models"]["RecLoRA"]["auc"] / entry["auc"] - 1)
+            paired = entry["vs_reference"]["auc"]  # RecLoRA minus this model, on the same samples
+            assert paired["difference"] == pytest.approx(saved["models"]["RecLoRA"]["auc"] - entry["auc"])
+            assert paired["low"] <= paired["difference"] <= paired["high"] and 0 <= paired["p_value"] <= 1
+            assert "logloss" in entry["vs_reference"]
+        interval = entry["auc_ci"]
+        assert interval["estimate"] == pytest.approx(entry["auc"]) and interval["low"] < entry["auc"] < interval["high"]
+        assert entry["logloss_ci"]["low"] < entry["logloss"] < entry["logloss_ci"]["high"]
+        reads_rc = "RecLoRA" in name
+        assert ("gate_dependence" in entry) == reads_rc, name
+        if reads_rc:
+            dependence = entry["gate_dependence"]
+            assert dependence["drop_when_shuffled"]["difference"] == pytest.approx(
+                entry["auc"] - dependence["shuffled_rc_auc"]["estimate"])
+            assert -1 <= dependence["spearman_with_gate_crm"] <= 1 and dependence["gate_crm"] == "SIM"
+            shuffled = folder.artifact("score", dependence["shuffled_rc_key"])
+            assert shuffled.manifest["inputs"]["shuffled_rc_seed"] == config.eval.test_seed
     # Predictions: one row per scored test sample, the same samples for every model, labels from the dataset.
     eval_ids = np.asarray(json.loads((out / "eval_samples.json").read_text())["sample_ids"])
     data_dir = folder.artifact("data", plan_run(config).data.key).path

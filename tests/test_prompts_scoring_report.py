@@ -12,7 +12,7 @@ from reclora_pipeline.data import SPECS
 from reclora_pipeline.data.raw import DatasetSpec
 from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison
 from reclora_pipeline.scoring import left_pad, score_yes_probability
-from reclora_pipeline.stages.report import markdown, write_predictions
+from reclora_pipeline.stages.report import add_statistics, markdown, write_predictions
 from reclora_pipeline.stages.score import checked_scores
 from reclora_pipeline.views import PromptFormatter, TextRecord, build_prompt
 
@@ -104,7 +104,22 @@ def test_report_writes_predictions_markdown_and_plots(tmp_path):
     models = {"SIM": {"kind": "crm", "auc": 1.0, "logloss": 0.4, "n": 3, "rel_impr": 0.0},
               "RecLoRA": {"kind": "llm", "auc": 1.0, "logloss": 0.2, "n": 3, "rel_impr": None}}
     text = markdown(models)
-    assert "| RecLoRA | llm | 1.0000 | 0.2000 | - | 3 |" in text and "| SIM | crm | 1.0000 | 0.4000 | +0.00% |" in text
+    assert "| RecLoRA | llm | 1.0000 | 0.2000 | - | - | - | 3 |" in text
+    assert "| SIM | crm | 1.0000 | 0.4000 | +0.00% | - | - | 3 |" in text
+    # With intervals and the reference's paired comparisons, as a run writes them.
+    labels = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 0])
+    scores = {"RecLoRA": np.array([0.1, 0.8, 0.9, 0.3, 0.7, 0.2, 0.6, 0.9, 0.4, 0.1]),
+              "SIM": np.array([0.2, 0.6, 0.7, 0.5, 0.4, 0.3, 0.6, 0.8, 0.2, 0.6])}
+    models = {name: {"kind": kind, "auc": auc(labels, scores[name]), "logloss": logloss(labels, scores[name]),
+                     "n": 10, "rel_impr": None} for name, kind in (("SIM", "crm"), ("RecLoRA", "llm"))}
+    add_statistics(models, labels, scores, seed=0)
+    text = markdown(models)
+    interval, paired = models["SIM"]["auc_ci"], models["SIM"]["vs_reference"]["auc"]
+    assert interval["low"] < models["SIM"]["auc"] < interval["high"] and paired["baseline"] == "SIM"
+    assert paired["difference"] == pytest.approx(models["RecLoRA"]["auc"] - models["SIM"]["auc"])
+    assert f"| SIM | crm | {interval['estimate']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}] |" in text
+    assert f"{paired['difference']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]" in text
+    assert "no significant difference at the 5% level" in text and "DeLong" in text
     with pytest.raises(ValueError, match="Broken produced non-finite scores"):
         checked_scores("Broken", [0.1, float("nan"), 0.3])
     with pytest.raises(ValueError, match="2 scores of SIM for 3 samples"):

@@ -157,14 +157,23 @@ class StageEvent:
 
 @dataclass
 class RunFolder:
-    """A run folder: the artifacts of every stage ever run in it, and the latest run's config and report."""
+    """A run folder: the artifacts of every stage ever run in it, and the latest run's config and report.
+
+    ``processes``: the processes of a run launched on several (``distributed.Processes``); the main one decides what
+    is reused, writes every artifact and logs, the others wait for it (see :func:`cached`)."""
 
     root: Path
     log: Callable[[str], None] = print
     events: list = field(default_factory=list)
+    processes: Any = None
 
     def __post_init__(self):
+        from .distributed import Processes
+
         self.root = Path(self.root)
+        self.processes = self.processes or Processes()
+        if not self.processes.main:
+            self.log = _silent
 
     @property
     def config_path(self) -> Path:
@@ -240,13 +249,48 @@ def _files(folder: Path) -> dict:
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_NAME}
 
 
+def _silent(message: str) -> None:
+    """The log of a process other than the main one: the main process speaks for the run."""
+
+
 def cached(folder: RunFolder, node: StageNode, build: Callable[[Path], Optional[dict]],
-           load: Callable[[Artifact], Any], *, keep: Sequence[str] = ()) -> tuple[Any, Artifact]:
+           load: Callable[[Artifact], Any], *, keep: Sequence[str] = (), collective: bool = False
+           ) -> tuple[Any, Artifact]:
     """The artifact of ``node`` loaded with ``load``: reused when the folder has it finished and readable, else built.
 
     ``build(staging)`` writes the artifact's files into ``staging`` and returns a JSON summary for the manifest;
     ``keep`` names entries of an interrupted build of the same key that a new build may resume from.
+
+    On several processes the main one decides whether to reuse or build and tells the others. A plain build runs on
+    the main process while the others wait; a ``collective`` build (tuning with DDP, sharded scoring) runs on every
+    process, which must leave the writing of files to the main one, and the main process finishes the artifact. Every
+    process then loads the finished artifact.
     """
+    processes = folder.processes
+    if not processes.several:
+        return _cached(folder, node, build, load, keep)
+    if not collective:
+        if processes.main:
+            result = _cached(folder, node, build, load, keep)
+        processes.wait()
+        if processes.main:
+            return result
+        artifact = folder.artifact(node.stage, node.key)
+        return load(artifact), artifact
+    if processes.main:  # tells the others whether a build runs, once the build folder is ready
+        result = _cached(folder, node, build, load, keep, prepared=processes.broadcast)
+        processes.wait()
+        return result
+    if processes.broadcast(None):
+        build(folder.building_dir(node))
+    processes.wait()  # the main process has finished the artifact
+    artifact = folder.artifact(node.stage, node.key)
+    return load(artifact), artifact
+
+
+def _cached(folder: RunFolder, node: StageNode, build, load, keep, prepared: Callable[[bool], Any] = bool):
+    """:func:`cached` on the main process. ``prepared(True)`` is called once the build folder is ready, just before
+    ``build``; ``prepared(False)`` when nothing is built (a collective build's other processes wait on it)."""
     final = folder.artifact_dir(node)
     damage = manifest = None
     if final.is_dir():
@@ -259,11 +303,12 @@ def cached(folder: RunFolder, node: StageNode, build: Callable[[Path], Optional[
             except Exception as error:  # anything a damaged file can raise: recompute it
                 damage = f"it cannot be read ({type(error).__name__}: {error})"
             else:
+                prepared(False)
                 folder.events.append(StageEvent(node.stage, node.label, node.key, "reused", 0.0, str(final)))
                 folder.log(f"{node.stage} {node.label}: reused {final.relative_to(folder.root)}")
                 return loaded, artifact
         folder.log(f"{node.stage} {node.label}: {final} is damaged ({damage}); recomputing")
-    artifact, seconds = _build(folder, node, build, keep, damaged=manifest if damage else None)
+    artifact, seconds = _build(folder, node, build, keep, damaged=manifest if damage else None, prepared=prepared)
     try:
         loaded = load(artifact)
     except Exception as error:
@@ -274,7 +319,8 @@ def cached(folder: RunFolder, node: StageNode, build: Callable[[Path], Optional[
     return loaded, artifact
 
 
-def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[dict] = None) -> tuple[Artifact, float]:
+def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[dict] = None,
+           prepared: Callable[[bool], Any] = bool) -> tuple[Artifact, float]:
     """``damaged``: the manifest of the finished artifact found damaged, which must be built again even though its
     manifest checks out (its files have the recorded sizes, yet one cannot be read)."""
     final = folder.artifact_dir(node)
@@ -282,12 +328,14 @@ def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[di
     with _locked(staging.with_name(staging.name + ".lock")):
         manifest = _read_manifest(final) if final.is_dir() else None
         if manifest is not None and manifest != damaged and manifest_problem(final, manifest, node.key) is None:
-            return Artifact(final, manifest), 0.0  # another process finished it while this one waited
+            prepared(False)
+            return Artifact(final, manifest), 0.0  # another run finished it while this one waited
         if staging.is_dir():
             for entry in staging.iterdir():
                 if entry.name not in keep:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         staging.mkdir(parents=True, exist_ok=True)
+        prepared(True)
         started = time.perf_counter()
         summary = build(staging) or {}
         seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import DataConfig, LlmConfig, RetrievalConfig, RunConfig, preset_tree
+from .config import PRESET_HELP, PRESETS, DataConfig, LlmConfig, RetrievalConfig, RunConfig, preset_tree
 from .flags import add_config_flags, add_file_flags, resolve_from_args, section_from_args
 
 COMMANDS: list = []
@@ -135,16 +135,16 @@ def write_histories_csv(dataset, result, path: Path) -> None:
 
 
 # -- run / demo -------------------------------------------------------------------------------------------------------------
-PRESET_CHOICES = ("demo", "full", "none")
-RUN_USAGE = ("reclora-pipeline {command} [--preset {{demo,full,none}}] [--config FILE] [--set PATH=VALUE] "
-             "[--<setting path> VALUE | --<alias> VALUE ...]")
+PRESET_CHOICES = (*PRESETS, "none")
+RUN_USAGE = ("reclora-pipeline {command} [--preset {{" + ",".join(PRESET_CHOICES) + "}}] [--config FILE] "
+             "[--set PATH=VALUE] [--<setting path> VALUE | --<alias> VALUE ...]")
 
 
 def _add_run_options(parser, default_preset: str) -> None:
+    described = "; ".join(f"{name}: {PRESET_HELP[name]}" for name in PRESETS)
     parser.add_argument("--preset", choices=PRESET_CHOICES, default=None,
-                        help=f"demo: SIM, LoRA r=8 and RecLoRA on a test subsample in minutes on a CPU; full: every "
-                             f"comparison and study on the whole test split (a GPU); none: the defaults of the config "
-                             f"tree (default: {default_preset}, or the 'preset' a --config file names)")
+                        help=f"{described}; none: the defaults of the config tree (default: {default_preset}, or the "
+                             "'preset' a --config file names)")
     add_file_flags(parser)
     defaults = RunConfig.from_dict(preset_tree(default_preset))
     targets = add_config_flags(parser, defaults)

@@ -483,6 +483,9 @@ class EvalConfig(Section):
     test_seed: int = setting(0, "seed of the test subsample", stages=("score",))
     batch_size: int = setting(16, "prompts (or CRM rows) per scoring batch", minimum=1, stages=("score",),
                               flag="--score-batch-size")
+    shuffled_gate: bool = setting(False, "also score every model that reads R_c with R_c shuffled across the "
+                                  "evaluation samples, to show how much of its score comes from the CRM",
+                                  stages=("plan",), flag="--shuffled-gate")
 
     def check(self) -> None:
         if self.test_samples == 0:
@@ -640,6 +643,16 @@ PRESETS: dict[str, dict] = {
         "eval": {"test_samples": None, "batch_size": 64},
     },
 }
+# The demo's models and settings at 192, 768 and 3072 few-shot samples on 1,000 test samples, with RecLoRA also scored
+# with R_c shuffled: where (in shots) the LLM starts to add to the CRM. Hours on two CPU cores.
+PRESETS["learning-curve"] = merge(PRESETS["demo"], {"study": {"sweep_few_shot": [768, 3072]},
+                                                     "eval": {"test_samples": 1000, "shuffled_gate": True}})
+PRESET_HELP = {
+    "demo": "SIM, LoRA r=8 and RecLoRA on a test subsample, minutes on a CPU",
+    "full": "every comparison and study on the whole test split (a GPU)",
+    "learning-curve": "the demo's models at 192, 768 and 3072 few-shot samples on 1,000 test samples, with the "
+                      "gate-dependence diagnostic (hours on a CPU)",
+}
 
 
 def preset_tree(name: str) -> dict:
@@ -744,7 +757,7 @@ def describe_default(value) -> str:
 
 
 __all__ = [
-    "CONFIG_FILE_NAME", "CrmConfig", "CrmModelConfig", "CrmTrainingConfig", "DataConfig", "EvalConfig", "KeyFlag",
+    "CONFIG_FILE_NAME", "PRESET_HELP", "CrmConfig", "CrmModelConfig", "CrmTrainingConfig", "DataConfig", "EvalConfig", "KeyFlag",
     "Leaf", "LlmConfig", "PRESETS", "PromptConfig", "RetrievalConfig", "RunConfig", "Section", "StudyConfig",
     "TrackingConfig", "TuneConfig", "build", "coerce", "leaves", "merge", "parse_literal", "preset_tree", "read_config_file",
 ]

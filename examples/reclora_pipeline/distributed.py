@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Sequence
 
 import numpy as np
+
+WAIT_SECONDS = 24 * 3600  # how long a process waits for the others (torch.distributed's timeout)
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Processes:
 
     index: int = 0
     count: int = 1
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: default_device())
 
     @property
     def main(self) -> bool:
@@ -73,6 +76,12 @@ class Processes:
         return result
 
 
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def current_processes() -> Processes:
     """The processes of this run, from the launcher's environment (``WORLD_SIZE``); one process when not launched."""
     import torch
@@ -80,10 +89,13 @@ def current_processes() -> Processes:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         _warn_if_accelerate_started_one_cpu_process()
-        return Processes(device="cuda" if torch.cuda.is_available() else "cpu")
+        return Processes()
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    # As the retriever's item encoding and the Trainer ask for it. The others wait while the main process trains a
+    # CRM or reads a large dataset, which can take hours: a day of patience instead of the default half hour.
+    state = PartialState(cpu=use_cpu, timeout=timedelta(seconds=WAIT_SECONDS))
     if state.num_processes != world:
         raise RuntimeError(f"the launcher started {world} processes but accelerate joined {state.num_processes}")
     return Processes(state.process_index, state.num_processes, str(state.device))

@@ -12,14 +12,19 @@
 Each stage's artifact is kept in the run folder under the key of what it was built from (``artifacts.py``), so a run
 repeated with other settings recomputes exactly the stages those settings reach and reuses the rest, and an
 interrupted run picks up where it stopped. The resolved config is written to ``OUT/config.json`` first.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs this function: the main process builds the stages that
+run once while the others wait, tuning is DDP and scoring is sharded (``distributed.py``); one set of outputs.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .artifacts import RunFolder
 from .config import RunConfig
+from .distributed import current_processes
 from .plan import plan_run
 from .stages import Runtime
 from .stages import crm as crm_stage
@@ -36,47 +41,59 @@ def run_pipeline(config: RunConfig) -> RunResult:
     started = time.perf_counter()
     config.validate()
     plan = plan_run(config)  # every key, before anything is computed or written
-    folder = RunFolder(config.out, log=_print)
-    folder.root.mkdir(parents=True, exist_ok=True)
-    config.write(folder.config_path)
-    runtime = Runtime(progress=config.progress)
+    processes = current_processes()  # one, or those of torchrun / accelerate launch
+    folder = RunFolder(config.out, log=_print, processes=processes)
+    if processes.main:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        config.write(folder.config_path)
+    runtime = Runtime(progress=config.progress, processes=processes, report_to=config.tracking.report_to,
+                      project=config.tracking.project,
+                      tracking_dir=Path(config.tracking.logging_dir or folder.root / "tracking"))
 
-    _section(f"data: {config.data.dataset}")
-    dataset = data_stage.run(folder, plan.data)
+    _section(folder, f"data: {config.data.dataset}")
+    dataset = data_stage.run(folder, plan.data, runtime)
 
-    _section("retrieval")
+    _section(folder, "retrieval")
     retrievals = {mode: retrieval_stage.run(folder, node, dataset, config.retrieval, runtime)
                   for mode, node in plan.retrievals.items()}
 
-    _section("stage 1: CRMs")
+    _section(folder, "stage 1: CRMs")
     crms = {key: crm_stage.run(folder, node, dataset, retrievals[key[1]], runtime) for key, node in plan.crms.items()}
-    rcs = {key: crm_stage.rc(folder, node, crms[key], dataset, retrievals[key[1]]) for key, node in plan.rcs.items()}
+    rcs = {key: crm_stage.rc(folder, node, crms[key], dataset, retrievals[key[1]], runtime)
+           for key, node in plan.rcs.items()}
     scores = {}
     for model in plan.crm_models:
         trained = crms[model.name, model.history]
         scores[model.display_name] = score_stage.score_crm(folder, model.score, trained.model, dataset,
-                                                           retrievals[model.history])
+                                                           retrievals[model.history], runtime)
 
-    _section("stage 2: LLM models")
-    adapters = {}
+    _section(folder, "stage 2: LLM models")
+    adapters, shuffled = {}, {}
     for model in plan.llm_models:
-        _section(model.name)
+        _section(folder, model.name)
         short = retrievals[model.short_history]
         rc = rcs[model.gate_crm] if model.gate_crm else None
         if model.tune is not None:
             adapters[model.name] = tune_stage.run(folder, model.tune, dataset, short, rc, runtime)
         adapter_dir = adapters[model.name].adapter_dir if model.name in adapters else None
         scores[model.name] = score_stage.score_llm(folder, model.score, dataset, short, adapter_dir, rc, runtime)
+        if model.shuffled is not None:
+            shuffled[model.name] = score_stage.score_llm(folder, model.shuffled, dataset, short, adapter_dir, rc,
+                                                         runtime)
 
-    _section("report")
-    result = report_stage.run(folder, config, plan, scores, adapters, dataset, time.perf_counter() - started)
-    built = sum(event.action != "reused" for event in folder.events)
-    _print(f"{built} stage(s) computed, {len(folder.events) - built} reused; table in {folder.results_path}")
-    return result
+    _section(folder, "report")
+    result = None
+    if processes.main:
+        result = report_stage.run(folder, config, plan, scores, adapters, dataset, time.perf_counter() - started,
+                                  shuffled)
+        built = sum(event.action != "reused" for event in folder.events)
+        folder.log(f"{built} stage(s) computed, {len(folder.events) - built} reused; table in {folder.results_path}")
+    processes.wait()
+    return result if processes.main else report_stage.read(folder)
 
 
-def _section(title: str) -> None:
-    _print(f"\n== {title}")
+def _section(folder: RunFolder, title: str) -> None:
+    folder.log(f"\n== {title}")
 
 
 def _print(message: str) -> None:

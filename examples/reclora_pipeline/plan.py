@@ -46,6 +46,7 @@ class LlmModel:
     tune: Optional[StageNode]
     rc: Optional[StageNode]
     score: StageNode
+    shuffled: Optional[StageNode] = None  # scored with R_c shuffled across samples (eval.shuffled_gate)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class RunPlan:
         found = {}
         for node in (self.data, *self.retrievals.values(), *self.crms.values(), *self.rcs.values(),
                      *(m.score for m in self.crm_models), *(m.tune for m in self.llm_models if m.tune),
-                     *(m.score for m in self.llm_models)):
+                     *(m.score for m in self.llm_models), *(m.shuffled for m in self.llm_models if m.shuffled)):
             found[(node.stage, node.label)] = node
         return found
 
@@ -102,5 +103,10 @@ def plan_run(config: RunConfig) -> RunPlan:
         tune = tune_stage.node(method, config, plan.data, retrieval(short), rc) if method.tuned else None
         score = score_stage.llm_node(name, type(method).__name__, config.eval, llm, config.prompt, plan.data,
                                      retrieval(short), tune, rc)
-        plan.llm_models.append(LlmModel(method, name, short, long, gate, tune, rc, score))
+        shuffled = None
+        if rc is not None and config.eval.shuffled_gate:
+            shuffled = score_stage.llm_node(f"{name} (shuffled R_c)", type(method).__name__, config.eval, llm,
+                                            config.prompt, plan.data, retrieval(short), tune, rc,
+                                            shuffled_rc_seed=config.eval.test_seed)
+        plan.llm_models.append(LlmModel(method, name, short, long, gate, tune, rc, score, shuffled))
     return plan

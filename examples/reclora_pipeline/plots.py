@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -76,12 +76,19 @@ def plot_auc_vs_num_meta_loras(points: Sequence[tuple], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_sample_efficiency(curves: dict[str, Sequence[tuple]], path: Path, title: str = "Sample efficiency") -> Path:
-    """``curves``: name -> points (few-shot size, AUC) or (size, AUC, (below, above)); the chance level is drawn."""
+def plot_sample_efficiency(curves: dict[str, Sequence[tuple]], path: Path, title: str = "Sample efficiency",
+                           references: Optional[dict] = None) -> Path:
+    """``curves``: name -> points (few-shot size, AUC) or (size, AUC, (below, above)); ``references``: name ->
+    (AUC, (below, above)) drawn as horizontal bands (a CRM, which does not depend on the few-shot size); the chance
+    level is drawn."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, points in curves.items():
         _curve(ax, points, label=name)
+    for index, (name, (value, (below, above))) in enumerate((references or {}).items()):
+        color = f"C{len(curves) + index}"
+        ax.axhline(value, color=color, linestyle="--", linewidth=1, label=name)
+        ax.axhspan(value - below, value + above, color=color, alpha=0.12)
     ax.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("few-shot training samples")

@@ -124,15 +124,24 @@ def build_peft_model(base_model, peft_config):
 
 
 def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int, progress: bool = True,
-                       report_to: Sequence[str] = (), run_name: Optional[str] = None, project: Optional[str] = None):
+                       report_to: Sequence[str] = (), run_name: Optional[str] = None, project: Optional[str] = None,
+                       processes: int = 1):
     """``TrainingArguments`` of ``tune.training`` for a run over ``num_samples`` samples into ``output_dir``, reporting
     to the trackers ``report_to`` (TensorBoard is attached by :func:`train_adapter`, to write where CRM training
-    writes)."""
+    writes).
+
+    ``per_device_train_batch_size`` is the batch of a one-process run: on ``processes`` processes (DDP) each takes
+    its share, so the global batch, the number of steps and the result do not depend on how many processes run."""
     from transformers import TrainingArguments
 
     use_cuda = torch.cuda.is_available()
     arguments = dict(training)
     batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
+    if processes > 1:
+        if batch % processes:
+            raise ValueError(f"tune.training.per_device_train_batch_size={batch} is the batch of one process and must "
+                             f"split evenly over the {processes} processes")
+        arguments["per_device_train_batch_size"] = batch // processes
     arguments.setdefault("logging_steps", max(1, num_samples // batch // 10))
     arguments.setdefault("save_strategy", "steps" if arguments.get("save_steps") else "no")
     arguments.setdefault("use_cpu", not use_cuda)
@@ -188,31 +197,34 @@ def train_adapter(
     run_name: Optional[str] = None,
     project: Optional[str] = None,
     logging_dir: Optional[Path] = None,
+    processes: int = 1,
 ) -> dict:
     """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter`` and returns a
     summary (runtime, loss, loss history). ``answer_pair`` = (no_id, yes_id) is needed by ``loss="yes_no"``.
     ``report_to``, ``run_name``, ``project``: the trackers of the run; TensorBoard writes to
-    ``logging_dir/run_name``."""
+    ``logging_dir/run_name``. ``processes``: how many processes train together (DDP; see
+    :func:`training_arguments`)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "yes_no" and answer_pair is None:
         raise ValueError("loss='yes_no' needs answer_pair=(no_id, yes_id)")
     output_dir = Path(output_dir)
     args = training_arguments(training, output_dir, num_samples=len(dataset), progress=progress,
-                              report_to=report_to, run_name=run_name, project=project)
+                              report_to=report_to, run_name=run_name, project=project, processes=processes)
     callbacks = []
     if "tensorboard" in tracker_names(report_to):
-        from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        folder = Path(logging_dir or output_dir / "tracking") / (run_name or "tune")
-        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(folder))))
+        tensorboard = TensorBoardCallback()  # its writer is made on the main process only, at the start of training
+        tensorboard.logging_dir = str(Path(logging_dir or output_dir / "tracking") / (run_name or "tune"))
+        callbacks.append(tensorboard)
     trainer = _answer_token_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id),
         answer_pair=tuple(answer_pair) if loss == "yes_no" else None, callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    model.save_pretrained(str(output_dir / "adapter"))
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(output_dir / "adapter"))
     return {
         "train_samples": len(dataset),
         "train_runtime_s": result.metrics.get("train_runtime"),

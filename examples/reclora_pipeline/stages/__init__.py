@@ -12,18 +12,41 @@ Stages never import each other; ``reclora_pipeline.plan`` builds the graph and `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+from ..distributed import Processes
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How a run executes, never what it computes (progress bars; the device is part of the keys that need it)."""
+    """How a run executes, never what it computes: progress bars, experiment trackers, and the processes it runs on
+    (the device kind is part of the keys of the stages whose numbers depend on it)."""
 
     progress: bool = True
+    processes: Processes = field(default_factory=Processes)
+    report_to: tuple = ()
+    project: Optional[str] = None
+    tracking_dir: Optional[Path] = None
 
     @property
     def device(self) -> str:
-        return device_kind()
+        """This process's device ("cpu", "cuda", "cuda:1", ...)."""
+        return self.processes.device
+
+    @property
+    def show_progress(self) -> bool:
+        """Progress bars of the main process only (the others' would repeat them)."""
+        return self.progress and self.processes.main
+
+    def trackers(self, run_name: str, config: Mapping):
+        """The experiment trackers of one training run (a CRM), started; none on processes other than the main."""
+        from ..tracking import Trackers
+
+        if not self.processes.main:
+            return Trackers()
+        return Trackers.start(self.report_to, run_name, self.tracking_dir, {"project": self.project, **config})
 
 
 def device_kind() -> str:

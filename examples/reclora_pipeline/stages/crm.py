@@ -64,9 +64,14 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     def build(staging: Path) -> dict:
         train = build_ctr_features(dataset, retrieval=retrieval, split="train")
         folder.log(f"stage 1: {node.label} on {len(train):,} training samples")
-        model, report = train_crm(name, train, build_ctr_features(dataset, retrieval=retrieval, split="valid"),
-                                  node.inputs["training"], model_kwargs=node.inputs["model"].to_dict(),
-                                  device=runtime.device, progress=runtime.progress)
+        trackers = runtime.trackers(node.label, {"stage": "crm", "crm": name, **node.inputs["model"].to_dict(),
+                                                 **node.inputs["training"].to_dict()})
+        try:
+            model, report = train_crm(name, train, build_ctr_features(dataset, retrieval=retrieval, split="valid"),
+                                      node.inputs["training"], model_kwargs=node.inputs["model"].to_dict(),
+                                      device=runtime.device, progress=runtime.show_progress, tracker=trackers)
+        finally:
+            trackers.finish()
         save_crm(model, staging, metrics={"valid_auc": report.valid_auc, "valid_logloss": report.valid_logloss})
         (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
         folder.log(f"{node.label}: best epoch {report.best_epoch} of {report.epochs_run}, valid AUC "
@@ -86,12 +91,13 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
 
 
 def rc(folder: RunFolder, node: StageNode, crm: TrainedCrm, dataset: RecDataset,
-       retrieval: RetrievalResult) -> CrmEmbeddingTable:
+       retrieval: RetrievalResult, runtime: Runtime) -> CrmEmbeddingTable:
     """R_c of every sample of ``RC_SPLITS``, looked up by sample id."""
 
     def build(staging: Path) -> dict:
         tables = [CrmEmbeddingTable.from_model(crm.model, build_ctr_features(dataset, retrieval=retrieval, split=split),
-                                               batch_size=node.inputs["batch_size"], progress=False)
+                                               batch_size=node.inputs["batch_size"],
+                                               progress=runtime.show_progress)
                   for split in node.inputs["splits"]]
         table = CrmEmbeddingTable.merge(tables)
         table.save(staging / RC_FILE)

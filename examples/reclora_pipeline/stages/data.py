@@ -11,6 +11,7 @@ from pathlib import Path
 from ..artifacts import RunFolder, StageNode, cached
 from ..config import DataConfig
 from ..data import RecDataset, embedded_ml100k_dir, load_dataset
+from . import Runtime
 
 VERSION = 1
 
@@ -36,11 +37,11 @@ def node(data: DataConfig) -> StageNode:
     return StageNode("data", data.dataset, {"data": data, "source_files": source_stamp(data)}, version=VERSION)
 
 
-def run(folder: RunFolder, node: StageNode) -> RecDataset:
+def run(folder: RunFolder, node: StageNode, runtime: Runtime) -> RecDataset:
     data: DataConfig = node.inputs["data"]
 
     def build(staging: Path) -> dict:
-        dataset = load_dataset(data.dataset, data.source, **data.reader_options())
+        dataset = load_dataset(data.dataset, data.source, progress=runtime.show_progress, **data.reader_options())
         dataset.save(staging)
         return {"users": len(dataset.users), "items": len(dataset.items), "samples": dataset.stats["samples"],
                 "fingerprint": dataset.fingerprint}

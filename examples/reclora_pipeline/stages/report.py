@@ -19,11 +19,14 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from ..artifacts import RunFolder, atomic_path, safe_name, write_json_atomically, write_text_atomically
+from .. import uncertainty
+from ..artifacts import RunFolder, atomic_path, read_json, safe_name, write_json_atomically, write_text_atomically
 from ..config import RunConfig
+from ..crm.registry import crm_class
 from ..data import RecDataset
 from ..methods import REFERENCE_NAME, Lora, RecLora
 from ..metrics import rel_impr
@@ -55,11 +58,15 @@ class RunResult(Mapping):
 
 
 def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict, dataset: RecDataset,
-        seconds: float) -> RunResult:
-    """``scores``: name -> ``Scores``, in table order; ``adapters``: name -> ``TunedAdapter`` of the tuned models."""
+        seconds: float, shuffled: Optional[dict] = None) -> RunResult:
+    """``scores``: name -> ``Scores``, in table order; ``adapters``: name -> ``TunedAdapter`` of the tuned models;
+    ``shuffled``: name -> ``Scores`` of a model scored with R_c shuffled across the samples (``eval.shuffled_gate``)."""
     models = _entries(plan, scores, adapters)
-    _check_same_samples(scores)
+    _check_same_samples({**scores, **{f"{name} (shuffled R_c)": s for name, s in (shuffled or {}).items()}})
     first = next(iter(scores.values()))
+    labels = dataset.label[dataset.rows_for(first.sample_ids)]
+    add_statistics(models, labels, {name: result.scores for name, result in scores.items()}, config.eval.test_seed)
+    add_gate_dependence(models, plan, labels, scores, shuffled or {})
     rows = dataset.samples.set_index("sample_id").loc[first.sample_ids].reset_index()
     _set_aside_previous(folder, models)
     for path in (folder.results_path, folder.root / "results.md"):  # a killed report leaves no table, never an old
@@ -70,6 +77,7 @@ def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict
     _write_plots(folder.root / "plots", config, plan, models, scores)
     payload = {
         "reference_model": REFERENCE_NAME,
+        "statistics": STATISTICS_NOTE.format(seed=config.eval.test_seed),
         "config_digest": config.digest(),
         "eval_samples": int(len(first.sample_ids)),
         "test_split_size": int(len(dataset.sample_ids("test"))),
@@ -77,7 +85,7 @@ def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict
         "timings": {**_timings(folder), "total_s": seconds},
         "models": models,
     }
-    write_text_atomically(folder.root / "results.md", markdown(models))
+    write_text_atomically(folder.root / "results.md", markdown(models, seed=config.eval.test_seed))
     write_json_atomically(folder.results_path, payload)  # last: the commit point of the run
     return RunResult(models, list(folder.events), folder.results_path)
 
@@ -114,13 +122,86 @@ def _check_same_samples(scores: dict) -> None:
             raise RuntimeError(f"{result.name} was scored on other samples than {first.name} ({result.path})")
 
 
-def markdown(models: dict) -> str:
-    lines = [f"| model | kind | AUC | LogLoss | RelImpr of {REFERENCE_NAME} | n |", "|---|---|---|---|---|---|"]
+STATISTICS_NOTE = ("AUC: 95% DeLong interval; LogLoss: 95% BCa bootstrap interval of the mean per-sample loss "
+                   f"({uncertainty.BOOTSTRAP_RESAMPLES} resamples, seed {{seed}}); {REFERENCE_NAME} against each "
+                   "model on the same samples: DeLong's paired test (AUC) and the paired t-test with a bootstrap "
+                   "interval (LogLoss).")
+
+
+def add_statistics(models: dict, labels, scores: dict, seed: int) -> None:
+    """Each model's AUC and LogLoss intervals, and the paired comparison of the reference model with every other
+    (``vs_reference``: reference minus model), into the entries of ``models``."""
+    for name, values in scores.items():
+        models[name].update(uncertainty.summarize(labels, values, seed))
+    if REFERENCE_NAME in scores:
+        for name, tests in uncertainty.compare(labels, scores, REFERENCE_NAME, seed).items():
+            models[name]["vs_reference"] = tests
+
+
+def add_gate_dependence(models: dict, plan, labels, scores: dict, shuffled: dict) -> None:
+    """For a model that reads R_c: its AUC with R_c shuffled across the samples (the paired drop from its own AUC)
+    and the rank correlation of its scores with its gate CRM's, i.e. how much of its score is the CRM's."""
+    crm_names = {(m.name, m.history): m.display_name for m in plan.crm_models}
+    for model in plan.llm_models:
+        if model.gate_crm is None or model.name not in scores:
+            continue
+        block = {}
+        crm = crm_names.get(tuple(model.gate_crm))
+        if crm in scores:
+            block["gate_crm"] = crm
+            block["spearman_with_gate_crm"] = uncertainty.rank_correlation(scores[model.name].scores,
+                                                                           scores[crm].scores)
+        if model.name in shuffled:
+            block["shuffled_rc_auc"] = uncertainty.auc_interval(labels, shuffled[model.name].scores).to_dict()
+            block["drop_when_shuffled"] = uncertainty.paired_auc_test(
+                labels, scores[model.name].scores, shuffled[model.name].scores, model.name,
+                f"{model.name} (shuffled R_c)").to_dict()
+            block["shuffled_rc_key"] = shuffled[model.name].key
+        if block:
+            models[model.name]["gate_dependence"] = block
+
+
+def markdown(models: dict, seed: int = 0) -> str:
+    """The table with each model's intervals and the reference's paired comparisons, then what they allow one to
+    conclude."""
+    lines = [f"| model | kind | AUC [95% CI] | LogLoss [95% CI] | RelImpr of {REFERENCE_NAME} | "
+             f"ΔAUC {REFERENCE_NAME} − model [95% CI] | p | n |", "|---|---|---|---|---|---|---|---|"]
     for name, entry in models.items():
         impr = "-" if entry["rel_impr"] is None else f"{100 * entry['rel_impr']:+.2f}%"
-        lines.append(f"| {name} | {entry['kind']} | {entry['auc']:.4f} | {entry['logloss']:.4f} | {impr} | "
-                     f"{entry['n']} |")
+        paired = entry.get("vs_reference", {}).get("auc")
+        delta = "-" if paired is None else f"{paired['difference']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]"
+        p_value = "-" if paired is None else uncertainty.format_p(paired["p_value"])
+        auc = uncertainty.format_interval(entry["auc_ci"]) if "auc_ci" in entry else f"{entry['auc']:.4f}"
+        loss = uncertainty.format_interval(entry["logloss_ci"]) if "logloss_ci" in entry else f"{entry['logloss']:.4f}"
+        lines.append(f"| {name} | {entry['kind']} | {auc} | {loss} | {impr} | {delta} | {p_value} | {entry['n']} |")
+    lines.append("")
+    lines.append(STATISTICS_NOTE.format(seed=seed))
+    verdicts = [uncertainty.verdict(entry["vs_reference"]["auc"]) for entry in models.values() if "vs_reference" in entry]
+    if verdicts:
+        lines.append("")
+        lines.extend(f"- {text}" for text in verdicts)
+    dependence = [(name, entry["gate_dependence"]) for name, entry in models.items() if "gate_dependence" in entry]
+    if dependence:
+        lines.append("")
+        lines.append("How much of a model's score is its gate CRM's:")
+        lines.append("")
+        for name, block in dependence:
+            parts = []
+            if "spearman_with_gate_crm" in block:
+                parts.append(f"Spearman with {block['gate_crm']} {block['spearman_with_gate_crm']:.3f}")
+            if "shuffled_rc_auc" in block:
+                drop = block["drop_when_shuffled"]
+                parts.append(f"AUC with R_c shuffled across samples "
+                             f"{uncertainty.format_interval(block['shuffled_rc_auc'])} (drop {drop['difference']:+.4f} "
+                             f"[{drop['low']:+.4f}, {drop['high']:+.4f}], p {uncertainty.format_p(drop['p_value'])})")
+            lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
+
+
+def read(folder: RunFolder) -> RunResult:
+    """The result a finished run wrote (what the processes other than the main one return)."""
+    payload = read_json(folder.results_path, "run results")
+    return RunResult(payload["models"], [], folder.results_path)
 
 
 def write_predictions(directory: Path, rows, scores: dict) -> None:
@@ -160,7 +241,11 @@ def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores:
         return (method.short_mode(config) == config.retrieval.mode and method.few_shot_size(config) == config.tune.few_shot
                 and (not method.needs_crm or method.long_mode(config) == config.retrieval.mode))
 
-    points = [(by_name[n].num_meta_loras(config), models[n]["auc"]) for n in models
+    def point(x, entry: dict, key: str = "auc_ci") -> tuple:
+        interval = entry[key]
+        return x, interval["estimate"], (interval["estimate"] - interval["low"], interval["high"] - interval["estimate"])
+
+    points = [point(by_name[n].num_meta_loras(config), models[n]) for n in models
               if type(by_name.get(n)) is RecLora and plain(by_name[n])]
     if len(points) > 1:
         keep(plot_auc_vs_num_meta_loras(points, directory / "auc_vs_num_meta_loras.png"))
@@ -173,9 +258,17 @@ def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores:
         if method.num_meta_loras(config) != main_n_m or method.short_mode(config) != config.retrieval.mode:
             continue
         label = REFERENCE_NAME if type(method) is RecLora else f"LoRA (r={method.lora_rank(config)})"
-        curves.setdefault(label, []).append((method.few_shot_size(config), models[name]["auc"]))
+        curves.setdefault(label, []).append(point(method.few_shot_size(config), models[name]))
+        dependence = models[name].get("gate_dependence", {})
+        if "shuffled_rc_auc" in dependence:
+            curves.setdefault(f"{label}, R_c shuffled", []).append(
+                point(method.few_shot_size(config), dependence, "shuffled_rc_auc"))
     if any(len(points) > 1 for points in curves.values()):
-        keep(plot_sample_efficiency(curves, directory / "sample_efficiency.png"))
+        gate = crm_class(config.crm.name).display_name
+        references = {f"{gate} (CRM)": point(None, models[gate])[1:]} if gate in models else {}
+        keep(plot_sample_efficiency(curves, directory / "sample_efficiency.png", references=references,
+                                    title=f"AUC against few-shot size on {next(iter(models.values()))['n']} test "
+                                          "samples (95% DeLong intervals)"))
     for name, result in scores.items():
         if result.gate is not None:
             keep(plot_gate_usage(result.gate, directory / f"gate_usage_{safe_name(name)}.png",

@@ -36,10 +36,13 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     def build(staging: Path) -> dict:
         folder.log(f"retrieval ({settings.mode}): K_long {settings.k_long}, K_short {settings.k_short}")
         result = retrieve(dataset, settings, encoder=encoder.get("base_model", "embedded"),
-                          dtype=encoder.get("dtype"), progress=runtime.progress)
-        result.save(staging)
+                          dtype=encoder.get("dtype"), device=runtime.device, progress=runtime.show_progress)
+        if runtime.processes.main:
+            result.save(staging)
         return {"samples": len(result), "k_long": result.k_long, "k_short": result.k_short,
                 "encoding_key": result.metadata.get("encoding_key")}
 
-    result, _ = cached(folder, node, build, lambda artifact: RetrievalResult.load(artifact.path, dataset))
+    # Collective: on several processes the item encoding is split across them (retriever.encode_texts).
+    result, _ = cached(folder, node, build, lambda artifact: RetrievalResult.load(artifact.path, dataset),
+                       collective=True)
     return result

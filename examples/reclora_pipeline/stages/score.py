@@ -45,9 +45,14 @@ def crm_node(name: str, evaluation: EvalConfig, batch_size: int, data: StageNode
 
 
 def llm_node(name: str, method: str, evaluation: EvalConfig, llm: dict, prompt: PromptConfig, data: StageNode,
-             retrieval: StageNode, tune: Optional[StageNode], rc: Optional[StageNode]) -> StageNode:
+             retrieval: StageNode, tune: Optional[StageNode], rc: Optional[StageNode],
+             shuffled_rc_seed: Optional[int] = None) -> StageNode:
+    """``shuffled_rc_seed``: score with the R_c rows permuted across the samples (a diagnostic of how much the model
+    relies on the CRM's signal)."""
     inputs = {"kind": "llm", "method": method, "samples": evaluation_inputs(evaluation),
               "batch_size": evaluation.batch_size, "llm": llm, "prompt": prompt, "device": device_kind()}
+    if shuffled_rc_seed is not None:
+        inputs["shuffled_rc_seed"] = shuffled_rc_seed
     upstream = (data, retrieval) + tuple(node for node in (tune, rc) if node is not None)
     return StageNode("score", name, inputs, upstream, VERSION)
 
@@ -96,7 +101,8 @@ def _load(name: str, kind: str):
     return load
 
 
-def score_crm(folder: RunFolder, node: StageNode, model, dataset: RecDataset, retrieval: RetrievalResult) -> Scores:
+def score_crm(folder: RunFolder, node: StageNode, model, dataset: RecDataset, retrieval: RetrievalResult,
+              runtime: Runtime) -> Scores:
     """P(click) of a trained CRM (``model``) on the evaluation samples, with the long history of ``retrieval``."""
     samples = node.inputs["samples"]
 
@@ -104,7 +110,8 @@ def score_crm(folder: RunFolder, node: StageNode, model, dataset: RecDataset, re
         ids = evaluation_ids(dataset, samples)
         features = ctr_features(SampleView.from_dataset(dataset, ids, long=retrieval, k_short=0, split="test"),
                                 FieldVocabulary.from_dataset(dataset))
-        scores = checked_scores(node.label, predict_crm(model, features, batch_size=node.inputs["batch_size"])[1])
+        scores = checked_scores(node.label, predict_crm(model, features, batch_size=node.inputs["batch_size"],
+                                                        progress=runtime.show_progress)[1])
         labels = dataset.label[dataset.rows_for(ids)]
         return _finish(staging, ids, scores, labels, len(dataset.sample_ids("test")), samples["test_seed"])
 
@@ -133,17 +140,28 @@ def score_llm(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval
         view = SampleView.from_dataset(dataset, ids, short=retrieval, k_long=0, split="test")
         token_ids = prompt_token_ids(dataset.spec, text_records(view), formatter, prompt.max_tokens)
         crm_embeds = rc.get(ids) if rc is not None else None
+        if crm_embeds is not None and inputs.get("shuffled_rc_seed") is not None:
+            # The diagnostic "gate input shuffled across samples": each prompt with another sample's R_c.
+            order = np.random.default_rng(inputs["shuffled_rc_seed"]).permutation(len(ids))
+            crm_embeds = crm_embeds[torch.as_tensor(order)]
         if adapter_dir is None:
             folder.log(f"{node.label}: the frozen LLM without tuning")
-        scores = checked_scores(node.label, score_yes_probability(
-            model, token_ids, formatter.yes_id, formatter.no_id, tokenizer.pad_token_id, crm_embeds=crm_embeds,
-            batch_size=inputs["batch_size"], desc=f"scoring {node.label}", progress=runtime.progress))
+        processes = runtime.processes
+        mine = processes.shard(len(ids))  # every process scores its share; the shares are gathered in order
+        scores = processes.gather_in_order(score_yes_probability(
+            model, [token_ids[i] for i in mine], formatter.yes_id, formatter.no_id, tokenizer.pad_token_id,
+            crm_embeds=None if crm_embeds is None else crm_embeds[torch.as_tensor(mine)],
+            batch_size=inputs["batch_size"], desc=f"scoring {node.label}", progress=runtime.show_progress), len(ids))
+        if not processes.main:
+            return None
+        scores = checked_scores(node.label, scores)
         if crm_embeds is not None:
             with torch.no_grad():
                 alpha = model.base_model.compute_gate(crm_embeds.to(runtime.device)).float().cpu().numpy()
             np.save(staging / GATE_FILE, alpha)
         return _finish(staging, ids, scores, view.label, len(dataset.sample_ids("test")), samples["test_seed"])
 
-    scores, _ = cached(folder, node, build, _load(node.label, "llm"))
+    # Collective: on several processes the evaluation samples are sharded across them.
+    scores, _ = cached(folder, node, build, _load(node.label, "llm"), collective=True)
     folder.log(f"{node.label}: test AUC {scores.metrics['auc']:.4f}, LogLoss {scores.metrics['logloss']:.4f}")
     return scores

@@ -92,8 +92,9 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         base.config.pad_token_id = tokenizer.pad_token_id
         train_ids = seeded_sample(dataset.sample_ids("train"), inputs["few_shot"], inputs["few_shot_seed"],
                                   what="few-shot")
-        save_index_file(staging / FEW_SHOT_FILE, train_ids, split="train", size=len(train_ids),
-                        seed=inputs["few_shot_seed"])
+        if runtime.processes.main:
+            save_index_file(staging / FEW_SHOT_FILE, train_ids, split="train", size=len(train_ids),
+                            seed=inputs["few_shot_seed"])
         crm_embeds = rc.get(train_ids) if rc is not None else None
         view = SampleView.from_dataset(dataset, train_ids, short=retrieval, k_long=0)
         token_ids = prompt_token_ids(dataset.spec, text_records(view), formatter, prompt.max_tokens)
@@ -109,8 +110,13 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
             folder.log(f"resuming {node.label} from its last checkpoint ({resume.name})")
         summary = train_adapter(peft_model, train_set, inputs["training"], staging, tokenizer.pad_token_id,
                                 loss=inputs["loss"], answer_pair=(formatter.no_id, formatter.yes_id),
-                                resume_from_checkpoint=str(resume) if resume else None, progress=runtime.progress)
-        shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the adapter is final; nothing left to resume
+                                resume_from_checkpoint=str(resume) if resume else None,
+                                progress=runtime.show_progress, processes=runtime.processes.count,
+                                report_to=runtime.report_to, run_name=node.label, project=runtime.project,
+                                logging_dir=runtime.tracking_dir)
+        runtime.processes.wait()  # every process is done with the checkpoints
+        if runtime.processes.main:
+            shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the adapter is final; nothing to resume
         return {**summary, "trainable_parameters": int(trainable), "total_parameters": int(total),
                 "resumed_from": resume.name if resume else None}
 
@@ -126,7 +132,8 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         return TunedAdapter(artifact.path, artifact.key, load_index_file(artifact.path / FEW_SHOT_FILE),
                             artifact.summary)
 
-    adapter, _ = cached(folder, node, build, load, keep=("checkpoints",))
+    # Collective: on several processes every one trains (DDP through the Trainer); the main one writes.
+    adapter, _ = cached(folder, node, build, load, keep=("checkpoints",), collective=True)
     return adapter
 
 
