@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-import peft_reclora
+import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraLayer
 
 from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
@@ -394,3 +394,27 @@ def test_trainer_passes_crm_embeds_through_a_collator(tmp_path):
     assert seen and all(crm is not None and crm.shape == (4, 6) for crm in seen)
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p.detach())]
     assert any("reclora_B" in n for n in changed)
+
+
+def test_trainer_dropping_crm_embeds_gives_an_error_that_names_the_fix(tmp_path):
+    """With the Trainer's default remove_unused_columns=True the column never reaches the model; the error says why."""
+    from transformers import Trainer, TrainingArguments
+
+    model = get_peft_model(make_tiny_llama(), reclora_config())
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            ids = torch.arange(3, 9)
+            return {"input_ids": ids, "labels": ids, "crm_embeds": torch.randn(6)}
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to=[],
+                             save_strategy="no", use_cpu=True, logging_strategy="no")
+    assert args.remove_unused_columns  # the default this test is about
+    trainer = Trainer(model=model, args=args, train_dataset=Samples(),
+                      data_collator=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    with pytest.raises(ValueError, match=r"crm_embeds[\s\S]*remove_unused_columns=False[\s\S]*collator|"
+                                         r"crm_embeds[\s\S]*collator[\s\S]*remove_unused_columns=False"):
+        trainer.train()

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
 
-import peft_reclora
+import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraConfig
 
 from conftest import make_tiny_llama, reclora_config

@@ -17,7 +17,6 @@ not check out, or that fails to load, is reported with its path and rebuilt.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import os
@@ -31,29 +30,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
+from .config import plain as canonical
+
 STAGES_DIR = "stages"
 MANIFEST_NAME = "stage.json"
 BUILDING_PREFIX = ".building-"
 KEY_CHARS = 16
-
-
-def canonical(value: Any) -> Any:
-    """Plain JSON values of a config slice: sections and mappings as dicts, tuples as lists."""
-    from .config import Section
-
-    if isinstance(value, Section):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(key): canonical(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [canonical(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(canonical(item) for item in value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return canonical(value.value)
-    return value
 
 
 def digest(value: Any) -> str:

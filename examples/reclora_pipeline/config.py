@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import enum
 import json
 import typing
 from dataclasses import dataclass, field, fields
@@ -89,19 +90,27 @@ class Section:
 
     def to_dict(self) -> dict:
         """Plain JSON values (tuples become lists), sections nested."""
-        return {item.name: _plain(getattr(self, item.name)) for item in fields(self)}
+        return {item.name: plain(getattr(self, item.name)) for item in fields(self)}
 
     def replace(self, **changes) -> "Section":
         return build(type(self), {**self.to_dict(), **changes}, self.path)
 
 
-def _plain(value):
+def plain(value):
+    """Plain JSON values: sections and mappings as dicts, tuples as lists, sets sorted, paths and enums by value (what
+    ``config.json`` holds and what the cache keys hash)."""
     if isinstance(value, Section):
         return value.to_dict()
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(item) for item in value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
     return value
 
 
@@ -196,7 +205,7 @@ def coerce(value, hint, where: str):
             value = parse_literal(value)
         if not isinstance(value, Mapping):
             raise ValueError(f"{where}: expected a mapping of keyword arguments, got {value!r}")
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain(item) for key, item in value.items()}
     return value
 
 
@@ -752,7 +761,7 @@ def describe_default(value) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value)) if value else "(empty)"
     if isinstance(value, Mapping):
-        return json.dumps(_plain(value))
+        return json.dumps(plain(value))
     return str(value)
 
 
