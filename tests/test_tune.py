@@ -166,3 +166,22 @@ def test_training_arguments_come_from_tune_training(tmp_path):
     assert training_arguments_problem({"optim": "sgd", "gradient_accumulation_steps": 2}) is None
     # Trackers are one setting for both training stages (tracking.report_to), not a TrainingArguments key here.
     assert "set tracking.report_to" in training_arguments_problem({"report_to": "wandb"})
+
+
+def test_gate_learning_rate_gives_the_gate_its_own_group(tmp_path):
+    """With tune.gate_learning_rate the gate's parameters train at their own peak rate, under the same schedule: at
+    rate 0 the gate stays as initialised while the meta-LoRA banks train."""
+    from reclora_pipeline.trainer import GATE_PARAMETER
+
+    model = build_peft_model(make_tiny_llama(), _peft_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    train_adapter(model, _dataset(n=8), _training(num_train_epochs=1, learning_rate=5e-3), tmp_path / "a", pad_id=0,
+                  progress=False, gate_learning_rate=0.0)
+    after = {n: p.detach() for n, p in model.named_parameters() if n in before}
+    gate = [n for n in before if GATE_PARAMETER in n]
+    banks = [n for n in before if "reclora_B" in n]
+    assert gate and all(torch.equal(before[n], after[n]) for n in gate)
+    assert banks and all(not torch.equal(before[n], after[n]) for n in banks)
+    with pytest.raises(ValueError, match="no RecLoRA gate"):
+        train_adapter(build_peft_model(make_tiny_llama(), _peft_config("lora")), _dataset(n=8, with_crm=False),
+                      _training(), tmp_path / "b", pad_id=0, progress=False, gate_learning_rate=1e-3)

@@ -447,6 +447,10 @@ class TuneConfig(Section):
     few_shot_seed: int = setting(42, "seed of the few-shot sample", stages=("tune",), flag="--few-shot-seed")
     loss: str = setting("vocab", "answer-token loss over the vocabulary (as the paper) or over the Yes/No logits "
                         "only", choices=("vocab", "yes_no"), stages=("tune",), flag="--loss")
+    gate_learning_rate: Optional[float] = setting(None, "peak learning rate of RecLoRA's gate (none: "
+                                                  "tune.training's learning_rate, as for the meta-LoRA banks); the "
+                                                  "schedule applies to both", minimum=0.0, stages=("tune",),
+                                                  flag="--gate-learning-rate")
     adapter: dict[str, Any] = setting(
         {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
          "task_type": "CAUSAL_LM"},

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # "vocab": cross-entropy of the answer token over the whole vocabulary (the language-modelling loss of TALLRec, ReLLa
 # and the paper); "yes_no": cross-entropy over the Yes/No logits only, the quantity P(Yes) scoring reads.
 LOSSES = ("vocab", "yes_no")
+GATE_PARAMETER = "reclora_gate"  # in the names of RecLoRA's gate parameters
 
 
 class AnswerTokenDataset(Dataset):
@@ -91,9 +92,29 @@ def _answer_token_trainer_class():
         """Trainer whose loss is the answer token's cross-entropy at the last position (logits of that position only),
         over the vocabulary or, with ``answer_pair=(no_id, yes_id)``, over the two answer tokens."""
 
-        def __init__(self, *args, answer_pair=None, **kwargs):
+        def __init__(self, *args, answer_pair=None, gate_learning_rate=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.answer_pair = answer_pair
+            self.gate_learning_rate = gate_learning_rate
+
+        def create_optimizer(self, *args, **kwargs):
+            """The Trainer's optimizer, with RecLoRA's gate in parameter groups of their own learning rate when
+            ``gate_learning_rate`` is set (the scheduler scales every group alike)."""
+            if self.gate_learning_rate is None or self.optimizer is not None:
+                return super().create_optimizer(*args, **kwargs)
+            decay = set(self.get_decay_parameter_names(self.model))
+            groups: dict = {}
+            for name, parameter in self.model.named_parameters():
+                if parameter.requires_grad:
+                    groups.setdefault((GATE_PARAMETER in name, name in decay), []).append(parameter)
+            if not any(gate for gate, _ in groups):
+                raise ValueError("gate_learning_rate is set but the model has no RecLoRA gate")
+            optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_class(
+                [{"params": parameters, "weight_decay": self.args.weight_decay if decays else 0.0,
+                  **({"lr": self.gate_learning_rate} if gate else {})}
+                 for (gate, decays), parameters in groups.items()], **optimizer_kwargs)
+            return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
@@ -198,12 +219,13 @@ def train_adapter(
     project: Optional[str] = None,
     logging_dir: Optional[Path] = None,
     processes: int = 1,
+    gate_learning_rate: Optional[float] = None,
 ) -> dict:
     """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter`` and returns a
     summary (runtime, loss, loss history). ``answer_pair`` = (no_id, yes_id) is needed by ``loss="yes_no"``.
     ``report_to``, ``run_name``, ``project``: the trackers of the run; TensorBoard writes to
     ``logging_dir/run_name``. ``processes``: how many processes train together (DDP; see
-    :func:`training_arguments`)."""
+    :func:`training_arguments`). ``gate_learning_rate``: a peak learning rate of RecLoRA's gate of its own."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "yes_no" and answer_pair is None:
@@ -221,6 +243,7 @@ def train_adapter(
     trainer = _answer_token_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id),
         answer_pair=tuple(answer_pair) if loss == "yes_no" else None, callbacks=callbacks,
+        gate_learning_rate=gate_learning_rate,
     )
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if trainer.is_world_process_zero():

@@ -59,6 +59,8 @@ def node(model: Method, config: RunConfig, data: StageNode, retrieval: StageNode
         "prompt": config.prompt,
         "device": device_kind(),
     }
+    if model.needs_crm and config.tune.gate_learning_rate is not None:
+        inputs["gate_learning_rate"] = config.tune.gate_learning_rate  # only a gate has one
     upstream = (data, retrieval) + ((rc,) if rc is not None else ())
     return StageNode("tune", model.name(config), inputs, upstream, VERSION)
 
@@ -113,7 +115,7 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
                                 resume_from_checkpoint=str(resume) if resume else None,
                                 progress=runtime.show_progress, processes=runtime.processes.count,
                                 report_to=runtime.report_to, run_name=node.label, project=runtime.project,
-                                logging_dir=runtime.tracking_dir)
+                                logging_dir=runtime.tracking_dir, gate_learning_rate=inputs.get("gate_learning_rate"))
         runtime.processes.wait()  # every process is done with the checkpoints
         if runtime.processes.main:
             shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the adapter is final; nothing to resume
