@@ -10,7 +10,8 @@ import torch
 from reclora_pipeline.metrics import auc, ctr_metrics, logloss, rel_impr
 from reclora_pipeline.data import SPECS
 from reclora_pipeline.data.raw import DatasetSpec
-from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison
+from reclora_pipeline import plots
+from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison, plot_sample_efficiency
 from reclora_pipeline.scoring import left_pad, score_yes_probability
 from reclora_pipeline.stages.report import add_statistics, markdown, write_predictions
 from reclora_pipeline.stages.score import checked_scores
@@ -127,3 +128,21 @@ def test_report_writes_predictions_markdown_and_plots(tmp_path):
     assert plot_model_comparison(models, tmp_path / "plots" / "models.png").stat().st_size > 1000
     alpha = np.random.default_rng(0).dirichlet(np.ones(4), size=20)
     assert plot_gate_usage(alpha, tmp_path / "plots" / "gate.png").stat().st_size > 1000
+
+
+def test_sample_efficiency_plot_marks_the_sizes_run_and_the_crm_band(tmp_path, monkeypatch):
+    seen = {}
+    save = plots._save
+
+    def keep_axes(fig, path):
+        seen["ax"] = fig.axes[0]
+        seen["ticks"] = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_axes)
+    curves = {"RecLoRA": [(192, 0.72, (0.03, 0.03)), (768, 0.73, (0.03, 0.03))], "LoRA (r=8)": [(192, 0.50), (768, 0.52)]}
+    path = plot_sample_efficiency(curves, tmp_path / "curve.png", references={"SIM (CRM)": (0.729, (0.031, 0.031))})
+    assert path.stat().st_size > 1000
+    assert seen["ticks"] == ["192", "768"]  # the few-shot sizes of the run, not powers of two
+    labels = seen["ax"].get_legend_handles_labels()[1]
+    assert {"RecLoRA", "LoRA (r=8)", "SIM (CRM)", "chance"} <= set(labels)

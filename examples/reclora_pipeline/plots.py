@@ -91,6 +91,9 @@ def plot_sample_efficiency(curves: dict[str, Sequence[tuple]], path: Path, title
         ax.axhspan(value - below, value + above, color=color, alpha=0.12)
     ax.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xscale("log", base=2)
+    sizes = sorted({point[0] for points in curves.values() for point in points})
+    ax.set_xticks(sizes, [str(size) for size in sizes])  # the sizes that were run, not powers of two
+    ax.minorticks_off()
     ax.set_xlabel("few-shot training samples")
     ax.set_ylabel("test AUC (95% interval)")
     ax.set_title(title, fontsize=9)
