@@ -27,6 +27,9 @@ def test_presets_and_validation():
     assert demo.models == ("lora", "reclora") and demo.eval.test_samples == 300
     assert demo.tune.training["learning_rate"] == 6e-3 and demo.crm.model.hidden_dims == (128, 64)
     assert demo.tune.training["per_device_train_batch_size"] == 8  # a preset is a partial tree: the rest stays
+    curve = RunConfig.from_preset("learning-curve")
+    assert demo.prompt.template == "compact" and curve.prompt.template == "figure-2" == RunConfig().prompt.template
+    assert curve.tune.few_shot == 192 and curve.study.sweep_few_shot == (768, 3072) and curve.eval.shuffled_gate
     assert full.eval.test_samples is None and full.tune.few_shot == 64 and "ablations" in full.models
     assert {"din", "deepfm", "dcnv2", "sasrec"} <= set(full.crm.baselines)
     with pytest.raises(ValueError, match="preset"):

@@ -49,6 +49,43 @@ def test_other_templates_and_ids_stay_out():
         build_prompt(shows, record)
 
 
+def test_compact_template_keeps_every_fact_in_about_half_the_tokens(smollm2_dir):
+    from reclora_pipeline.llm import load_tokenizer
+    from reclora_pipeline.views import PROMPT_TEMPLATES
+
+    history = [("Pump Up the Volume (1990)", 4), ("Antz (1998)", 4.5), ("Crying Game, The (1992)", 1)]
+    record = TextRecord(sample_id=1, target_title="Titanic (1997)", history=history,
+                        profile={"gender": "F", "occupation": "writer", "age": "35-45", "zip": "u77"})
+    compact = build_prompt(SPECS["ml-1m"], record, "compact")
+    assert compact.splitlines() == [
+        "A female writer aged 35-45 watched and rated, oldest first: Pump Up the Volume (1990): 4 stars; "
+        "Antz (1998): 4.5 stars; Crying Game, The (1992): 1 star.",
+        "Will she like the movie Titanic (1997)? Yes or no.",
+    ]
+    positions = [compact.index(title) for title, _ in history]
+    assert positions == sorted(positions)  # oldest first, as in Figure 2
+    # every schema and profile shape reads as a sentence; profile fields a schema lacks never appear
+    assert build_prompt(SPECS["goodreads"], record, "compact").startswith("A user read and rated, oldest first: ")
+    assert "female" not in build_prompt(SPECS["ml-25m"], record, "compact")
+    lone = TextRecord(sample_id=2, target_title="Dune (1984)", history=[], profile={"occupation": "engineer"})
+    assert build_prompt(SPECS["ml-1m"], lone, "compact").splitlines() == [
+        "An engineer.", "Will they like the movie Dune (1984)? Yes or no."]
+    with pytest.raises(ValueError, match="prompt template must be one of"):
+        build_prompt(SPECS["ml-1m"], record, "short")
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    lengths = {}
+    for template in PROMPT_TEMPLATES:
+        formatter = PromptFormatter(tokenizer, "plain", template)
+        assert formatter.to_dict()["template"] == template
+        text = formatter.prompt(SPECS["ml-1m"], record)
+        assert text == build_prompt(SPECS["ml-1m"], record, template) + "\nAnswer:"
+        lengths[template] = len(tokenizer(text)["input_ids"])
+    assert lengths["compact"] < 0.6 * lengths["figure-2"], lengths
+    with pytest.raises(ValueError, match="prompt template must be one of"):
+        PromptFormatter(tokenizer, "plain", "short")
+
+
 def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):
     from reclora_pipeline.llm import load_tokenizer
 

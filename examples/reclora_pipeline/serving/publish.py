@@ -124,8 +124,9 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         f"{config.crm.model.rc_layer}) |",
         f"| short history (prompt) | {_history_text(record, 'short', base_id or base)} |",
         f"| long history (CRM) | {_history_text(record, 'long', base_id or base)} |",
-        f"| prompt | style {config.prompt.style!r}, answers {tokens.yes_token!r} / {tokens.no_token!r} (token ids "
-        f"{tokens.yes_token_id} / {tokens.no_token_id}), max_tokens {config.prompt.max_tokens} |",
+        f"| prompt | template {config.prompt.template!r}, style {config.prompt.style!r}, answers "
+        f"{tokens.yes_token!r} / {tokens.no_token!r} (token ids {tokens.yes_token_id} / {tokens.no_token_id}), max_tokens "
+        f"{config.prompt.max_tokens} |",
         "",
         *([f"The adapter was trained on the weights `{base}` resolves to; load it on the same weights (`base_model=` "
            "of `from_pretrained`), since another copy of the model scores differently.", ""]

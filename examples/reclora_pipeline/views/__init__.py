@@ -10,8 +10,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "FieldVocabulary": ".ctr", "build_ctr_features": ".ctr", "ctr_features": ".ctr",
-    "PROMPT_STYLES": ".prompts", "PromptFormatter": ".prompts", "build_prompt": ".prompts",
-    "prompt_token_ids": ".prompts",
+    "PROMPT_STYLES": ".prompts", "PROMPT_TEMPLATES": ".prompts", "PromptFormatter": ".prompts",
+    "build_prompt": ".prompts", "prompt_token_ids": ".prompts",
     "DEFAULT_K_LONG": ".samples", "DEFAULT_K_SHORT": ".samples", "SampleView": ".samples",
     "TextRecord": ".text", "item_description": ".text", "text_records": ".text",
 }
