@@ -170,7 +170,7 @@ def add_run_command(subparsers) -> None:
 def add_demo_command(subparsers) -> None:
     parser = _parser(
         subparsers, "demo", usage=RUN_USAGE.format(command="demo"), help="the README's demo: MovieLens-100K + SmolLM2-135M, SIM vs LoRA vs RecLoRA on a CPU",
-        description="Equivalent to `run --preset demo`: about ten minutes on two CPU cores.",
+        description="Equivalent to `run --preset demo`: about 12 minutes on two CPU cores after installation.",
     )
     _add_run_options(parser, "demo")
 
