@@ -46,15 +46,20 @@ def _pronouns(profile: dict) -> tuple[str, str]:
     return "the user", "the user's"
 
 
+def _occupation(profile: dict) -> str:
+    """The profile's occupation, or '' when it says nothing ('none', 'other', 'unknown')."""
+    occupation = profile.get("occupation")
+    return str(occupation) if occupation and str(occupation).lower() not in ("none", "other", "unknown", "") else ""
+
+
 def _profile_sentence(profile: dict) -> str:
     subject, possessive = _pronouns(profile)
     parts = []
     gender = str(profile.get("gender", "")).strip().lower()
     if gender in ("m", "male", "f", "female"):
         parts.append(f"The user is a {'male' if gender in ('m', 'male') else 'female'}.")
-    occupation = profile.get("occupation")
-    if occupation and str(occupation).lower() not in ("none", "other", "unknown", ""):
-        parts.append(f"{possessive.capitalize()} job is {occupation}.")
+    if _occupation(profile):
+        parts.append(f"{possessive.capitalize()} job is {_occupation(profile)}.")
     age = profile.get("age")
     if age not in (None, ""):
         parts.append(f"{possessive.capitalize()} age is {age}.")
@@ -97,9 +102,7 @@ def _compact_profile(profile: dict) -> str:
     """'a male writer aged 35-45', 'an engineer', 'a user': the profile as one noun phrase."""
     gender = str(profile.get("gender", "")).strip().lower()
     words = [{"m": "male", "male": "male", "f": "female", "female": "female"}.get(gender, "")]
-    occupation = profile.get("occupation")
-    known = occupation and str(occupation).lower() not in ("none", "other", "unknown", "")
-    words.append(str(occupation) if known else "user")
+    words.append(_occupation(profile) or "user")
     phrase = " ".join(word for word in words if word)
     age = profile.get("age")
     if age not in (None, ""):
