@@ -84,6 +84,10 @@ def test_compact_template_keeps_every_fact_in_about_half_the_tokens(smollm2_dir)
     assert lengths["compact"] < 0.6 * lengths["figure-2"], lengths
     with pytest.raises(ValueError, match="prompt template must be one of"):
         PromptFormatter(tokenizer, "plain", "short")
+    from reclora_pipeline.config import PromptConfig
+
+    settings = PromptFormatter.from_config(tokenizer, PromptConfig(template="compact")).to_dict()
+    assert (settings["style"], settings["template"]) == ("plain", "compact")
 
 
 def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):

@@ -201,7 +201,7 @@ class RecLoraRecommender:
         from ..llm import load_adapter, load_base_model, load_tokenizer
 
         tokenizer = load_tokenizer(self.base_model)
-        formatter = PromptFormatter(tokenizer, self.record.config.prompt.style, self.record.config.prompt.template)
+        formatter = PromptFormatter.from_config(tokenizer, self.record.config.prompt)
         trained = self.record.answer_tokens
         if (formatter.yes_id, formatter.no_id) != (trained.yes_token_id, trained.no_token_id):
             raise ValueError(
@@ -355,8 +355,7 @@ def trained_answer_tokens(config: RunConfig) -> AnswerTokens:
     """The answer tokens of the run's prompt style, read from the tokenizer (no model is loaded)."""
     from ..llm import load_tokenizer
 
-    formatter = PromptFormatter(load_tokenizer(config.llm.base_model), config.prompt.style,
-                                config.prompt.template)
+    formatter = PromptFormatter.from_config(load_tokenizer(config.llm.base_model), config.prompt)
     tokens = formatter.to_dict()
     return AnswerTokens(tokens["yes_token"], tokens["no_token"], int(tokens["yes_token_id"]),
                         int(tokens["no_token_id"]))

@@ -130,7 +130,7 @@ def score_llm(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval
     def build(staging: Path) -> dict:
         prompt: PromptConfig = inputs["prompt"]
         tokenizer = load_tokenizer(inputs["llm"]["base_model"])
-        formatter = PromptFormatter(tokenizer, prompt.style, prompt.template)
+        formatter = PromptFormatter.from_config(tokenizer, prompt)
         model = load_base_model(inputs["llm"]["base_model"], dtype=resolve_dtype(inputs["llm"]["dtype"]))
         model.to(runtime.device)
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -88,7 +88,7 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         prompt: PromptConfig = inputs["prompt"]
         llm = inputs["llm"]
         tokenizer = load_tokenizer(llm["base_model"])
-        formatter = PromptFormatter(tokenizer, prompt.style, prompt.template)
+        formatter = PromptFormatter.from_config(tokenizer, prompt)
         seed_everything(int(inputs["training"].get("seed", _declared_seed())))
         base = load_base_model(llm["base_model"], dtype=resolve_dtype(llm["dtype"])).to(runtime.device)
         base.config.pad_token_id = tokenizer.pad_token_id

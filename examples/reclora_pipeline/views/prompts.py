@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
+    from ..config import PromptConfig
     from ..data.raw import DatasetSpec
     from .text import TextRecord
 
@@ -142,6 +143,11 @@ class PromptFormatter:
         self.template = template
         words = (" Yes", " No") if style == "plain" else ("Yes", "No")
         self.yes_id, self.no_id = (self._single_token(word) for word in words)
+
+    @classmethod
+    def from_config(cls, tokenizer, prompt: "PromptConfig") -> "PromptFormatter":
+        """The formatter of a run's ``prompt`` settings (tuning, scoring and serving read them the same way)."""
+        return cls(tokenizer, prompt.style, prompt.template)
 
     def _single_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
