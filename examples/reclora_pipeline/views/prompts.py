@@ -38,13 +38,14 @@ def _stars(rating: float) -> str:
     return f"{text} star" if value == 1 else f"{text} stars"
 
 
+def _gender(profile: dict) -> str:
+    """'male', 'female', or '' when the profile does not say."""
+    return {"m": "male", "male": "male", "f": "female", "female": "female"}.get(
+        str(profile.get("gender", "")).strip().lower(), "")
+
+
 def _pronouns(profile: dict) -> tuple[str, str]:
-    gender = str(profile.get("gender", "")).strip().lower()
-    if gender in ("m", "male"):
-        return "he", "his"
-    if gender in ("f", "female"):
-        return "she", "her"
-    return "the user", "the user's"
+    return {"male": ("he", "his"), "female": ("she", "her")}.get(_gender(profile), ("the user", "the user's"))
 
 
 def _occupation(profile: dict) -> str:
@@ -56,11 +57,11 @@ def _occupation(profile: dict) -> str:
 def _profile_sentence(profile: dict) -> str:
     subject, possessive = _pronouns(profile)
     parts = []
-    gender = str(profile.get("gender", "")).strip().lower()
-    if gender in ("m", "male", "f", "female"):
-        parts.append(f"The user is a {'male' if gender in ('m', 'male') else 'female'}.")
-    if _occupation(profile):
-        parts.append(f"{possessive.capitalize()} job is {_occupation(profile)}.")
+    if _gender(profile):
+        parts.append(f"The user is a {_gender(profile)}.")
+    occupation = _occupation(profile)
+    if occupation:
+        parts.append(f"{possessive.capitalize()} job is {occupation}.")
     age = profile.get("age")
     if age not in (None, ""):
         parts.append(f"{possessive.capitalize()} age is {age}.")
@@ -101,9 +102,7 @@ def build_prompt(spec: "DatasetSpec", record: "TextRecord", template: str = "fig
 
 def _compact_profile(profile: dict) -> str:
     """'a male writer aged 35-45', 'an engineer', 'a user': the profile as one noun phrase."""
-    gender = str(profile.get("gender", "")).strip().lower()
-    words = [{"m": "male", "male": "male", "f": "female", "female": "female"}.get(gender, "")]
-    words.append(_occupation(profile) or "user")
+    words = [_gender(profile), _occupation(profile) or "user"]
     phrase = " ".join(word for word in words if word)
     age = profile.get("age")
     if age not in (None, ""):
