@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from safetensors.torch import save_file
 
+from .base_weights import check_same_base
 from .crm_context import validate_crm_embeds
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def personalized_lora_model(
     crm_embeds: torch.Tensor,
     user_names: Sequence[str],
     adapter_name: str = "default",
+    allow_other_base: bool = False,
 ):
     """A plain PEFT LoRA model on ``base_model`` holding one personalized LoRA per row of ``crm_embeds``.
 
@@ -122,10 +124,13 @@ def personalized_lora_model(
     equals the RecLoRA model's output for that row with its user's ``crm_embeds``. ``base_model`` must be a separate
     instance of the RecLoRA model's base (PEFT wraps the modules it adapts). With ``mixing="output"`` each user's LoRA
     has rank num_meta_loras * r, the size of the whole bank, so memory grows with the number of users held.
+    ``base_model`` must hold the same weights as the RecLoRA model's base (``base_weights.check_same_base``), unless
+    ``allow_other_base``.
     """
     from peft import get_peft_model, set_peft_model_state_dict
 
     tuner = getattr(reclora_model, "base_model", reclora_model)
+    check_same_base(base_model, tuner.model, allow_other_base)
     if isinstance(crm_embeds, torch.Tensor) and crm_embeds.dim() == 1:
         crm_embeds = crm_embeds.unsqueeze(0)
     crm_embeds = validate_crm_embeds(crm_embeds)

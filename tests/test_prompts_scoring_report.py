@@ -139,7 +139,8 @@ def test_report_writes_predictions_markdown_and_plots(tmp_path):
     (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / "Old model.csv").write_text("stale")
     write_predictions(tmp_path / "predictions", rows, {"SIM": [0.2, 0.6, 0.7], "RecLoRA": [0.1, 0.8, 0.9]})
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["RecLoRA.csv", "SIM.csv"]
+    # A file the report did not write is never removed (the run's own earlier CSVs are, see test_run_folder.py).
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["Old model.csv", "RecLoRA.csv", "SIM.csv"]
     with (tmp_path / "predictions" / "RecLoRA.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["user_id"] for r in table] == ["u1", "u2", "u3"] and table[1]["score"] == "0.800000"

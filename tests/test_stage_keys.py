@@ -39,12 +39,25 @@ def _optional(hint):
     return next(arg for arg in args if arg is not type(None)) if type(None) in args else hint
 
 
-def changed_value(leaf, value, other_source):
+def fake_model_folder(folder, weights: bytes) -> str:
+    """A folder with a model's files (plans only hash them; nothing loads them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def other_llm(tmp_path_factory):
+    return fake_model_folder(tmp_path_factory.mktemp("another-llm"), b"other weights")
+
+
+def changed_value(leaf, value, other_source, other_llm=None):
     """Another valid value of a leaf, derived from its type, choices and minimum."""
     if leaf.path == "data.source":
         return other_source
     if leaf.path == "llm.base_model":
-        return "/models/another-llm"
+        return other_llm
     if leaf.path == "llm.dtype":  # unset means float32 on CPU: another dtype must differ from that
         from reclora_pipeline.llm import dtype_name, resolve_dtype
 
@@ -113,7 +126,7 @@ def check(before, after, stages, what):
             assert node_id in moved, f"{what}: {node_id} reads a changed stage but kept its key"
 
 
-def test_every_setting_changes_exactly_the_stages_that_read_it(base, other_source):
+def test_every_setting_changes_exactly_the_stages_that_read_it(base, other_source, other_llm):
     before = plan_run(base)
     covered = []
     for leaf in leaves():
@@ -124,7 +137,7 @@ def test_every_setting_changes_exactly_the_stages_that_read_it(base, other_sourc
             start = base.override({"data.dataset": "goodreads"})  # the only dataset with a choice of time field
         if leaf.path == "retrieval.cache_dir":
             start = base
-        value = changed_value(leaf, start.get(leaf.path), other_source)
+        value = changed_value(leaf, start.get(leaf.path), other_source, other_llm)
         after = start.override({leaf.path: value})
         assert after.get(leaf.path) != start.get(leaf.path), leaf.path
         check(plan_run(start), plan_run(after), leaf.stages, f"{leaf.path} = {value!r}")
@@ -132,7 +145,7 @@ def test_every_setting_changes_exactly_the_stages_that_read_it(base, other_sourc
     assert set(covered) == {leaf.path for leaf in leaves()} - {"tune.adapter", "tune.training"}
     # A setting only the semantic retriever reads changes nothing when the run retrieves the most recent items.
     recent = base.override({"retrieval.mode": "recent"})
-    for path, value in (("retrieval.pca_dim", 16), ("retrieval.pooling", "last"), ("llm.base_model", "/models/x")):
+    for path, value in (("retrieval.pca_dim", 16), ("retrieval.pooling", "last"), ("llm.base_model", other_llm)):
         changed, added, removed = compare(plan_run(recent), plan_run(recent.override({path: value})))
         assert all(node_id[0] != "retrieval" for node_id in changed | added | removed), path
     _ = before
@@ -199,3 +212,29 @@ def test_every_field_of_the_peft_configs_is_settable():
                 "modules") else value), (config_class.__name__, item.name)
     with pytest.raises(ValueError, match="tune.adapter.crm_dim cannot be set: it is the CRM's R_c width"):
         RunConfig().override({"tune.adapter.crm_dim": 8})
+
+
+def test_the_base_model_is_known_by_its_content(base, tmp_path):
+    """Other weights at the same path change exactly the stages that read the LLM (the semantic retrieval, which it
+    encodes, and everything downstream: the same nodes as another path); the same files at another path, or the
+    same files touched again, keep every key."""
+    from reclora_pipeline.model_identity import UnknownBaseModel, base_model_identity
+
+    folder = tmp_path / "llm"
+    config = base.override({"llm.base_model": fake_model_folder(folder, b"weights one")})
+    before = plan_run(config)
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert base_model_identity(str(copy)) == base_model_identity(str(folder))
+    (folder / "model.safetensors").write_bytes(b"weights two")  # the same size: only the content tells
+    after = plan_run(config)
+    changed, added, removed = compare(before, after)
+    elsewhere, _, _ = compare(before, plan_run(base.override({"llm.base_model": fake_model_folder(
+        tmp_path / "other", b"weights two")})))
+    assert changed and not added and not removed and changed == elsewhere
+    assert {stage for stage, _ in changed} == {"retrieval", "crm", "rc", "tune", "score"}
+    assert all(node.inputs["llm"]["identity"] == base_model_identity(str(folder))
+               for node in after.nodes().values() if node.stage == "tune")
+    (folder / "model.safetensors").touch()  # a new mtime, the same bytes: hashed again, the same identity
+    assert not any(compare(after, plan_run(config)))
+    with pytest.raises(UnknownBaseModel, match="llm.base_model: .*not a folder"):
+        base_model_identity(str(tmp_path / "missing" / "llm"))

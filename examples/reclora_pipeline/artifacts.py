@@ -11,8 +11,15 @@ none:
 
 A build writes into the ``.building-`` folder, writes the manifest last and renames the folder: a run killed at any
 moment leaves either a finished artifact or a ``.building-`` folder, which is never read as finished (the tune stage
-resumes its checkpoints from it, since they belong to the same key). A finished artifact whose manifest or files do
-not check out, or that fails to load, is reported with its path and rebuilt.
+resumes its checkpoints from it, since they belong to the same key). The manifest records the size and sha256 of
+every file; a finished artifact is reused only when every file still has them (and loads), otherwise it is reported
+with its path and rebuilt.
+
+The folder has one writer at a time (:meth:`RunFolder.writing`): a run holds an exclusive lock on
+``OUT/.reclora-run.lock`` from before its first write to its end (the kernel releases it when the process dies), and a
+second run on the folder is refused. ``OUT/.reclora-run`` marks a folder this tool created; a folder that is neither
+absent, empty nor marked is refused before anything is written, so the pipeline never writes (or deletes) among files
+it did not make.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -36,6 +44,20 @@ STAGES_DIR = "stages"
 MANIFEST_NAME = "stage.json"
 BUILDING_PREFIX = ".building-"
 KEY_CHARS = 16
+RUN_MARKER = ".reclora-run"  # written when the tool creates a run folder: the folder is the tool's to write
+LOCK_NAME = ".reclora-run.lock"  # held (flock) by the one run writing the folder
+
+
+class RunFolderError(ValueError):
+    """``--out`` cannot be written by this run: it is another kind of folder, or another run is writing it."""
+
+
+def sha256_of_file(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def digest(value: Any) -> str:
@@ -174,6 +196,64 @@ class RunFolder:
     def building_dir(self, node: StageNode) -> Path:
         return self.stage_root(node.stage) / f"{BUILDING_PREFIX}{safe_name(node.label)}-{node.key[:KEY_CHARS]}"
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the folder as its one writer for the ``with`` block: the folder must be absent, empty or a run folder
+        of this tool, and no other run may be writing it; either problem raises :class:`RunFolderError` on every
+        process before anything is written. The lock goes with the process (exit, exception or kill)."""
+        problem, handle = None, None
+        if self.processes.main:
+            try:
+                handle = self._take()
+            except (RunFolderError, OSError) as error:
+                problem = error
+        refused = self.processes.broadcast(None if problem is None else str(problem))
+        if problem is not None:
+            raise problem
+        if refused is not None:
+            raise RunFolderError(refused)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.close()  # closing the descriptor releases the lock
+
+    def _take(self):
+        """The locked handle of ``LOCK_NAME``, after checking what the folder is; writes the marker."""
+        check_run_folder(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.root / LOCK_NAME
+        handle = open(lock, "a+", encoding="utf-8")
+        if not _try_lock(handle, exclusive=True):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderError(f"out: {self.root} is being written by another run ({holder}); wait for it to finish "
+                                 "or give another folder")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        handle.flush()
+        if not (self.root / RUN_MARKER).is_file():
+            write_json_atomically(self.root / RUN_MARKER, {"format": "reclora-pipeline run folder",
+                                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return handle
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A shared hold for readers of a finished run (``RecLoraRecommender.from_run``): refused while a run is
+        writing the folder, whose files may then describe two runs."""
+        lock = self.root / LOCK_NAME
+        if not lock.is_file():
+            yield
+            return
+        with open(lock, "r", encoding="utf-8") as handle:
+            if not _try_lock(handle, exclusive=False):
+                holder = handle.read().strip() or "another process"
+                raise RunFolderError(f"{self.root} is being written by a run ({holder}); read it once that run has "
+                                     "finished")
+            yield
+
     def artifact(self, stage: str, key: str) -> Artifact:
         """The finished artifact of ``stage`` with ``key`` (a full key); errors name what is missing or broken."""
         matches = [path for path in self.stage_root(stage).glob(f"*-{key[:KEY_CHARS]}") if path.is_dir()
@@ -189,16 +269,52 @@ class RunFolder:
         return Artifact(path, manifest)
 
 
+def check_run_folder(root: Path) -> None:
+    """Raise :class:`RunFolderError` unless ``root`` is absent, empty, or a run folder of this tool (its marker, or
+    the ``stages/`` and ``config.json`` of a folder written before markers existed)."""
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"out: {root} is a file, not a folder")
+    if not root.is_dir() or (root / RUN_MARKER).is_file():
+        return
+    if (root / STAGES_DIR).is_dir() and (root / "config.json").is_file():
+        return
+    entries = sorted(entry.name for entry in root.iterdir() if entry.name != LOCK_NAME)
+    if entries:
+        raise RunFolderError(f"out: {root} is neither empty nor a run folder of this tool (it has no {RUN_MARKER}; "
+                             f"it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); give an empty "
+                             "or new folder, so that no file of yours is overwritten or removed")
+
+
+def _try_lock(handle, exclusive: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return True
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def manifest_problem(path: Path, manifest: Any, key: str) -> Optional[str]:
-    """Why a finished artifact cannot be trusted, or None."""
+    """Why a finished artifact cannot be trusted, or None: every file the manifest lists must have the size and the
+    sha256 it had when it was written."""
     if not isinstance(manifest, dict) or manifest.get("key") != key:
         return f"its {MANIFEST_NAME} is not the manifest of key {key[:KEY_CHARS]}"
-    for name, size in (manifest.get("files") or {}).items():
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return f"its {MANIFEST_NAME} lists no files"
+    for name, recorded in files.items():
+        if not isinstance(recorded, dict) or not {"size", "sha256"} <= set(recorded):
+            return f"its {MANIFEST_NAME} records no sha256 of {name} (written by an earlier version)"
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+        if file.stat().st_size != recorded["size"]:
+            return f"{name} has {file.stat().st_size} bytes, {recorded['size']} were written"
+        if sha256_of_file(file) != recorded["sha256"]:
+            return f"{name} is not the file that was written (its sha256 differs)"
     return None
 
 
@@ -227,7 +343,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _files(folder: Path) -> dict:
-    return {path.relative_to(folder).as_posix(): path.stat().st_size
+    return {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": sha256_of_file(path)}
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_NAME}
 
 
@@ -312,10 +428,15 @@ def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[di
         if manifest is not None and manifest != damaged and manifest_problem(final, manifest, node.key) is None:
             prepared(False)
             return Artifact(final, manifest), 0.0  # another run finished it while this one waited
+        for path in (final, staging):
+            if path.is_symlink():
+                raise RunFolderError(f"{node.stage} {node.label}: {path} is a symbolic link (to {os.readlink(path)}) "
+                                     "and its artifact must be built again; the pipeline does not replace a link it "
+                                     "did not make: remove the link (or repair what it points to) and run again")
         if staging.is_dir():
             for entry in staging.iterdir():
                 if entry.name not in keep:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         staging.mkdir(parents=True, exist_ok=True)
         prepared(True)
         started = time.perf_counter()

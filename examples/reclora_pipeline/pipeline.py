@@ -11,7 +11,9 @@
 
 Each stage's artifact is kept in the run folder under the key of what it was built from (``artifacts.py``), so a run
 repeated with other settings recomputes exactly the stages those settings reach and reuses the rest, and an
-interrupted run picks up where it stopped. The resolved config is written to ``OUT/config.json`` first.
+interrupted run picks up where it stopped. The run holds the folder as its one writer from before its first write
+(``RunFolder.writing``: a folder that is not absent, empty or a run folder of this tool, or one another run is writing,
+is refused), then writes the resolved config to ``OUT/config.json`` first.
 
 Under ``torchrun`` / ``accelerate launch`` every process runs this function: the main process builds the stages that
 run once while the others wait, tuning is DDP and scoring is sharded (``distributed.py``); one set of outputs.
@@ -43,8 +45,13 @@ def run_pipeline(config: RunConfig) -> RunResult:
     plan = plan_run(config)  # every key, before anything is computed or written
     processes = current_processes()  # one, or those of torchrun / accelerate launch
     folder = RunFolder(config.out, log=_print, processes=processes)
+    with folder.writing():
+        return _run(config, plan, folder, started)
+
+
+def _run(config: RunConfig, plan, folder: RunFolder, started: float) -> RunResult:
+    processes = folder.processes
     if processes.main:
-        folder.root.mkdir(parents=True, exist_ok=True)
         config.write(folder.config_path)
     runtime = Runtime(progress=config.progress, processes=processes, report_to=config.tracking.report_to,
                       project=config.tracking.project,

@@ -9,9 +9,10 @@ tokens ("mean", default) or taken at the last token ("last"). PCA reduces them t
 the number of items), L2 normalisation makes dot products cosines, and the top-k cosines between the target and each
 earlier item pick the histories. ``recent`` mode takes the last K earlier interactions (the paper's ablations).
 
-Encodings are cached on disk under a key of model + dataset + pooling + a hash of the item texts. Settings come from
-``reclora_pipeline.config.RetrievalConfig`` (the run config's ``retrieval`` section); the encoder is the run's LLM. Under
-``accelerate launch`` the item list is split across processes (GPUs) and gathered; a plain run uses one device.
+Encodings are cached on disk under a key of the model's content (``model_identity``) + dataset + pooling + a hash of
+the item texts. Settings come from ``reclora_pipeline.config.RetrievalConfig`` (the run config's ``retrieval``
+section); the encoder is the run's LLM. Under ``accelerate launch`` the item list is split across processes (GPUs)
+and gathered; a plain run uses one device.
 
 Retrieval is exact and vectorised: for each user, one matrix product scores all requested targets against all earlier
 items at once (blocks of users of similar history length are batched, very long users are cut into row blocks), so
@@ -52,14 +53,25 @@ RESULT_FORMAT_VERSION = 1
 
 # -- item encodings ----------------------------------------------------------------------------------------------------
 def model_fingerprint(model, name: Optional[str] = None) -> str:
-    """A short id of a model: its name or path, its config, and a sample of its weights (so two random models with
-    the same config get different cache keys)."""
-    digest = hashlib.sha256(str(name or getattr(model.config, "_name_or_path", "")).encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    parameters = list(model.parameters())
-    for parameter in parameters[:2] + parameters[-2:]:
-        digest.update(parameter.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short id of what an encoder computes: for a model loaded by name, the content identity of its files and its
+    dtype; for a model given as an object, every parameter and buffer (name, dtype, shape and values)."""
+    if name is not None:
+        from .model_identity import base_model_identity
+
+        digest = hashlib.sha256(base_model_identity(name).encode())
+        digest.update(str(next(model.parameters()).dtype).encode())
+        return digest.hexdigest()[:16]
+    return module_sha256(model)[:16]
+
+
+def module_sha256(model) -> str:
+    """sha256 over a module's state dict: every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode() if hasattr(model, "config") else b"")
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def encoding_cache_key(model_id: str, dataset_name: str, pooling: str, max_length: int, item_ids: Sequence[str],
@@ -190,6 +202,7 @@ def encode_items(
     config = config or RetrievalConfig()
     texts = dataset.item_texts()
     item_ids = dataset.items["item_id"].tolist()
+    loaded_by_name = model is None
     if model is None:
         from .llm import load_base_model
 
@@ -198,7 +211,7 @@ def encode_items(
         from .llm import load_tokenizer
 
         tokenizer = load_tokenizer(encoder)
-    model_id = model_fingerprint(model, encoder)
+    model_id = model_fingerprint(model, encoder if loaded_by_name else None)
     key = encoding_cache_key(model_id, dataset.name, config.pooling, config.max_length, item_ids, texts)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     path = cache_dir / f"{key}.npz"

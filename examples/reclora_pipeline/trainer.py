@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -258,22 +259,75 @@ def train_adapter(
     }
 
 
-def last_checkpoint(checkpoints: Path) -> Optional[Path]:
-    """The newest complete Trainer checkpoint under ``checkpoints`` (its trainer state is written last), or None."""
-    found = [path for path in Path(checkpoints).glob("checkpoint-*")
-             if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json")]
-    return max(found, key=lambda path: int(path.name.split("-")[-1])) if found else None
+CHECKPOINT_STATE = "trainer_state.json"
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt")  # torch-saved state dicts the Trainer resumes from
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_config.json")  # what PEFT saves of the model
 
 
-def _readable_json(path: Path) -> bool:
-    """Whether ``path`` holds whole JSON (a checkpoint killed while its state was written does not)."""
+def last_checkpoint(checkpoints: Path, processes: int = 1, log=logger.warning, discard: bool = False
+                    ) -> Optional[Path]:
+    """The newest complete Trainer checkpoint under ``checkpoints``, or None.
+
+    Complete means every file resuming reads is present and loads: the adapter weights and config, the optimizer and
+    scheduler states, the RNG state of each of the ``processes`` and the trainer state. A checkpoint missing any of
+    them (killed while it was written, or while it was removed) is skipped with a message naming what it lacks:
+    resuming it would restart the schedule, or fail. ``discard``: also remove the incomplete checkpoints newer than
+    the one returned (only for a caller that wrote them), so that the training resumed never writes into a half."""
+    found = sorted((path for path in Path(checkpoints).glob("checkpoint-*") if path.name.split("-")[-1].isdigit()),
+                   key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+    for path in found:
+        problem = checkpoint_problem(path, processes)
+        if problem is None:
+            return path
+        log(f"checkpoint {path} is incomplete ({problem}); it is not resumed")
+        if discard:
+            discard_checkpoints(path)
+    return None
+
+
+def checkpoint_problem(path: Path, processes: int = 1) -> Optional[str]:
+    """What a checkpoint lacks for an exact resume, or None."""
+    rng = ["rng_state.pth"] if processes <= 1 else [f"rng_state_{index}.pth" for index in range(processes)]
+    for name in (*CHECKPOINT_WEIGHTS, *CHECKPOINT_FILES, *rng, CHECKPOINT_STATE):
+        if not (path / name).is_file():
+            return f"no {name}"
+    readers = {CHECKPOINT_WEIGHTS[0]: _safetensors_keys, CHECKPOINT_WEIGHTS[1]: _read_json,
+               CHECKPOINT_STATE: _read_json,
+               **{name: _torch_state for name in (*CHECKPOINT_FILES, *rng)}}
+    for name, read in readers.items():
+        try:
+            read(path / name)
+        except Exception as error:  # whatever a cut or damaged file raises
+            return f"{name} cannot be read: {type(error).__name__}"
+    return None
+
+
+def _safetensors_keys(path: Path) -> list:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def _torch_state(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)  # as the Trainer reads it
+
+
+def discard_checkpoints(checkpoints: Path) -> None:
+    """Remove a checkpoint (or the folder of them) so that no moment of the removal leaves a resumable-looking one:
+    the folder is first renamed (one step) to a name nothing resumes from, then deleted."""
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        return
+    doomed = checkpoints.with_name(f".discarded-{checkpoints.name}-{os.getpid()}")
+    os.replace(checkpoints, doomed)
+    shutil.rmtree(doomed)
+
+
+def _read_json(path: Path):
     import json
 
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def seed_everything(seed: int) -> None:

@@ -114,7 +114,7 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         "## Parts", "",
         "| part | setting |", "|---|---|",
         f"| base model | `{base_id or base}`{'' if base == base_id else f' (loaded as `{base}`)'}, trained in "
-        f"{record.trained_dtype} |",
+        f"{record.trained_dtype} on the content `{record.lineage.base_model_identity}` |",
         f"| adapter | RecLoRA, N_m {adapter_config.get('num_meta_loras')} meta-LoRAs of rank "
         f"{adapter_config.get('r')}, "
         f"lora_alpha {adapter_config.get('lora_alpha')}, gate hidden {adapter_config.get('gate_hidden_dim')}, mixing "
@@ -131,6 +131,8 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         *([f"The adapter was trained on the weights `{base}` resolves to; load it on the same weights (`base_model=` "
            "of `from_pretrained`), since another copy of the model scores differently.", ""]
           if base != base_id else []),
+        "Loading checks the base model's content against the identity above (a sha256 of its weight, tokenizer and "
+        "config files, or its Hub commit) and refuses another one unless `allow_other_base_model=True` is passed.", "",
         "## Usage", "",
         "```python",
         "from reclora_pipeline.serving import RecLoraRecommender",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..artifacts import RunFolder, read_json, write_json_atomically
+from ..artifacts import RunFolder, read_json, sha256_of_file, write_json_atomically
 from ..config import RunConfig
 from ..crm import CrmEmbeddingTable, CrmSchema, crm_fingerprint, load_crm, read_crm_config, save_crm
 from ..crm.serialization import CRM_CONFIG_NAME
@@ -57,6 +58,7 @@ CRM_DIR = "crm"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
+logger = logging.getLogger(__name__)
 CSV_READ_OPTIONS = dict(dtype=str, keep_default_na=False, na_filter=False)  # as RecDataset.load reads its tables
 
 
@@ -82,7 +84,10 @@ class RecLoraRecommender:
     The base LLM is loaded on the first :meth:`score` (or :meth:`load_model`), so saving and publishing never load it.
     """
 
-    def __init__(self, parts: RecommenderParts, *, base_model: Optional[str] = None, device=None, dtype=None):
+    def __init__(self, parts: RecommenderParts, *, base_model: Optional[str] = None, device=None, dtype=None,
+                 allow_other_base_model: bool = False):
+        """``allow_other_base_model``: load the adapter onto a base LLM whose content differs from the one it was
+        trained on (refused otherwise; the log then says which two they are)."""
         self.record = parts.record
         self.vocabulary = parts.vocabulary
         self.adapter_dir = Path(parts.adapter_dir)
@@ -94,6 +99,7 @@ class RecLoraRecommender:
         self.base_model = base_model or self.record.base_model_to_load
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
+        self.allow_other_base_model = allow_other_base_model
         self.model = self.tokenizer = self.formatter = None
 
     def __repr__(self) -> str:
@@ -123,22 +129,28 @@ class RecLoraRecommender:
     # -- building ----------------------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir, model: str = "RecLoRA", base_model: Optional[str] = None, device=None,
-                 dtype=None) -> "RecLoraRecommender":
+                 dtype=None, allow_other_base_model: bool = False) -> "RecLoraRecommender":
         """Assemble the recommender of model ``model`` of the last finished run in ``run_dir``, from the artifacts
-        its results name. ``base_model`` replaces the run's base model, both as recorded (e.g. its Hub id, when the
-        run loaded a local folder) and as loaded for scoring."""
-        return cls(parts_of_run(run_dir, model, base_model), base_model=base_model, device=device, dtype=dtype)
+        its results name (each checked against the sha256 recorded when it was written). ``base_model`` replaces the
+        run's base model, both as recorded (e.g. its Hub id, when the run loaded a local folder) and as loaded for
+        scoring; the lineage keeps the content identity of the base the adapter was trained on."""
+        return cls(parts_of_run(run_dir, model, base_model), base_model=base_model, device=device, dtype=dtype,
+                   allow_other_base_model=allow_other_base_model)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_folder: Union[str, Path], base_model: Optional[str] = None,
-                        revision: Optional[str] = None, token=None, device=None, dtype=None) -> "RecLoraRecommender":
+                        revision: Optional[str] = None, token=None, device=None, dtype=None,
+                        allow_other_base_model: bool = False) -> "RecLoraRecommender":
         """Load a folder written by :meth:`save_pretrained`, or download a Hub repo holding one.
 
         ``base_model`` replaces the stored base model (e.g. a local copy of it). Every part is checked before the
-        LLM is loaded: a missing file or parts that do not fit each other raise an error naming the part.
+        LLM is loaded: a missing file or parts that do not fit each other raise an error naming the part. The base
+        LLM must have the content the adapter was trained on (``lineage.base_model_identity``), unless
+        ``allow_other_base_model``.
         """
         folder = resolve_folder(repo_id_or_folder, revision=revision, token=token)
-        return cls(read_parts(folder), base_model=base_model, device=device, dtype=dtype)
+        return cls(read_parts(folder), base_model=base_model, device=device, dtype=dtype,
+                   allow_other_base_model=allow_other_base_model)
 
     # -- saving and publishing -----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Union[str, Path], repo_id: Optional[str] = None) -> Path:
@@ -200,6 +212,7 @@ class RecLoraRecommender:
             return self
         from ..llm import load_adapter, load_base_model, load_tokenizer
 
+        self.check_base_model()
         tokenizer = load_tokenizer(self.base_model)
         formatter = PromptFormatter.from_config(tokenizer, self.record.config.prompt)
         trained = self.record.answer_tokens
@@ -214,6 +227,21 @@ class RecLoraRecommender:
         model = load_adapter(base.to(self.device), self.adapter_dir)
         self.tokenizer, self.formatter, self.model = tokenizer, formatter, model
         return self
+
+    def check_base_model(self) -> str:
+        """The content identity of the base LLM to load; one other than the adapter's is refused (an error naming
+        both) unless ``allow_other_base_model``, and then logged."""
+        from ..model_identity import base_model_identity
+
+        identity = base_model_identity(self.base_model)
+        trained = self.record.lineage.base_model_identity
+        if identity != trained:
+            message = (f"base model: {self.base_model!r} is {identity}, but the adapter was trained on {trained} "
+                       f"({self.record.config.llm.base_model!r}); another base computes other scores")
+            if not self.allow_other_base_model:
+                raise ValueError(f"{message}. Pass allow_other_base_model=True to load it anyway")
+            logger.warning("%s; loaded anyway (allow_other_base_model=True)", message)
+        return identity
 
     def view(self, requests: Sequence[Union[dict, Request]]) -> SampleView:
         """The requests as the pipeline's ``SampleView``, with the run's histories (errors name the request)."""
@@ -251,6 +279,15 @@ def csv_text(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, lineterminator="\n")
 
 
+def adapter_config_digest(adapter_config: dict) -> str:
+    """sha256 of what an adapter config sets (every field but PEFT's bookkeeping: where and when it was saved), so
+    that publishing under another base model name keeps it, and any edit that changes the scores changes it."""
+    from ..stages.tune import PEFT_BOOKKEEPING
+
+    kept = {key: _comparable(value) for key, value in adapter_config.items() if key not in PEFT_BOOKKEEPING}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def vocabulary_digest(vocabulary: FieldVocabulary) -> str:
     return hashlib.sha256(json.dumps(vocabulary.to_json(), sort_keys=True).encode()).hexdigest()
 
@@ -267,19 +304,16 @@ def vectors_digest(vectors: np.ndarray) -> str:
     return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # -- from a run --------------------------------------------------------------------------------------------------------
 def parts_of_run(run_dir, model: str, base_model: Optional[str]) -> RecommenderParts:
     """The parts of model ``model`` of the last finished run of ``run_dir``: found through the stage keys its entry in
     results.json names, and checked to belong together."""
     folder = RunFolder(run_dir)
+    with folder.reading():  # no run is writing the folder meanwhile
+        return _parts_of_run(folder, model, base_model)
+
+
+def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> RecommenderParts:
     results = read_json(folder.results_path, "run results")
     config = RunConfig.from_dict(read_json(folder.config_path, "run config"))
     if results.get("config_digest") != config.digest():
@@ -295,7 +329,12 @@ def parts_of_run(run_dir, model: str, base_model: Optional[str]) -> RecommenderP
     if entry.get("kind") != "llm" or "rc" not in stages or "tune" not in stages:
         raise ValueError(f"model {model!r} of {folder.root} is a {entry.get('method')!r} model; only RecLoRA models "
                          "(an adapter with a gate over a CRM) are published with their CRM, retriever and catalog")
-    tune, rc, crm = (folder.artifact(stage, stages[stage]) for stage in ("tune", "rc", "crm"))
+    # Each artifact is checked against the sha256 of its files recorded when it was written: a file swapped in since
+    # (another adapter or CRM of the same shapes) is refused here, not published with the table.
+    tune, rc, crm, score = (folder.artifact(stage, stages[stage]) for stage in ("tune", "rc", "crm", "score"))
+    if score.upstream.get("tune") != [tune.key] or score.upstream.get("rc") != [rc.key]:
+        raise ValueError(f"{score.path} (the scores of {model!r} in {folder.results_path.name}) were not computed "
+                         f"with the adapter of {tune.path} and the R_c of {rc.path}")
     if rc.upstream.get("crm") != [crm.key]:
         raise ValueError(f"{rc.path} holds R_c of another CRM than {crm.path}")
     if tune.upstream.get("rc") != [rc.key]:
@@ -325,6 +364,7 @@ def parts_of_run(run_dir, model: str, base_model: Optional[str]) -> RecommenderP
         retriever = RetrieverSummary(vector_dim=int(item_vectors.shape[1]), pca=pca,  # pca_dim is vector_dim
                                      encoding_key=semantic.metadata.get("encoding_key"))
     adapter_dir = tune.path / "adapter"
+    adapter_config = read_json(adapter_dir / ADAPTER_CONFIG_NAME, "adapter config")
     answer_tokens = trained_answer_tokens(config)
     vocabulary = FieldVocabulary.from_dataset(dataset)
     record = RecommenderRecord(
@@ -335,7 +375,9 @@ def parts_of_run(run_dir, model: str, base_model: Optional[str]) -> RecommenderP
         lineage=Lineage(tune_key=tune.key, rc_key=rc.key, crm_key=crm.key, data_key=data.key,
                         retrieval_keys={mode: retrieval_keys[mode] for mode in sorted({short, long})},
                         dataset_fingerprint=dataset.fingerprint, crm_fingerprint=crm.summary["fingerprint"],
-                        adapter_sha256=sha256_of(adapter_dir / ADAPTER_WEIGHTS_NAME),
+                        adapter_sha256=tune.manifest["files"][f"adapter/{ADAPTER_WEIGHTS_NAME}"]["sha256"],
+                        adapter_config_sha256=adapter_config_digest(adapter_config),
+                        base_model_identity=tune.manifest["inputs"]["llm"]["identity"],
                         vocabulary_sha256=vocabulary_digest(vocabulary),
                         catalog_sha256=catalog_digest(dataset.users, dataset.items),
                         item_vectors_sha256=None if item_vectors is None else vectors_digest(item_vectors)),
@@ -467,9 +509,13 @@ def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
     if differences:
         raise ValueError(f"adapter config: {adapter_dir / ADAPTER_CONFIG_NAME} does not match how the run tuned "
                          f"model {record.model.name!r}: {'; '.join(differences)}")
-    if sha256_of(adapter_dir / ADAPTER_WEIGHTS_NAME) != record.lineage.adapter_sha256:
+    if sha256_of_file(adapter_dir / ADAPTER_WEIGHTS_NAME) != record.lineage.adapter_sha256:
         raise ValueError(f"adapter: {adapter_dir / ADAPTER_WEIGHTS_NAME} is not the adapter this recommender was "
                          f"made with (tune artifact {record.lineage.tune_key[:16]}); it comes from another model")
+    if adapter_config_digest(adapter_config) != record.lineage.adapter_config_sha256:
+        raise ValueError(f"adapter config: {adapter_dir / ADAPTER_CONFIG_NAME} is not the config the adapter was "
+                         f"trained with (tune artifact {record.lineage.tune_key[:16]}): a setting in it was changed, "
+                         "and the adapter would score differently")
     return adapter_config
 
 

@@ -7,9 +7,12 @@
     OUT/predictions/<model>.csv, OUT/eval_samples.json, OUT/plots/*.png
     OUT/results_previous.json  entries of earlier tables of this folder that this run's table no longer holds
 
-The table holds exactly the models of this run's config; results.json is written last, so it never names an artifact
-that is not finished, and the previous results.json is removed before anything else is written, so a results.json
-always describes the predictions and plots beside it.
+The table holds exactly the models of this run's config; every number in it is computed here from the scores the
+report writes to predictions/ (never from a summary cached beside them); results.json is written last, so it never
+names an artifact that is not finished, and the previous results.json is removed before anything else is written, so
+a results.json always describes the predictions and plots beside it. The report removes only files it wrote itself:
+the predictions and plots of earlier tables are listed in ``OUT/.report_files.json`` (before they are written), and a
+file there that this table does not rewrite is removed; any other file is left alone.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from ..config import RunConfig
 from ..crm.registry import crm_class
 from ..data import RecDataset
 from ..methods import REFERENCE_NAME, Lora, RecLora
-from ..metrics import rel_impr
+from ..metrics import ctr_metrics, rel_impr
 from ..plots import plot_auc_vs_num_meta_loras, plot_gate_usage, plot_model_comparison, plot_sample_efficiency
 from ..sampling import save_index_file
 
 PREDICTION_COLUMNS = ("user_id", "item_id", "timestamp", "label", "score")
 PREVIOUS_NAME = "results_previous.json"
+WRITTEN_NAME = ".report_files.json"  # the predictions and plots the report wrote (relative paths)
 
 
 class RunResult(Mapping):
@@ -61,20 +65,23 @@ def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict
         seconds: float, shuffled: Optional[dict] = None) -> RunResult:
     """``scores``: name -> ``Scores``, in table order; ``adapters``: name -> ``TunedAdapter`` of the tuned models;
     ``shuffled``: name -> ``Scores`` of a model scored with R_c shuffled across the samples (``eval.shuffled_gate``)."""
-    models = _entries(plan, scores, adapters)
     _check_same_samples({**scores, **{f"{name} (shuffled R_c)": s for name, s in (shuffled or {}).items()}})
     first = next(iter(scores.values()))
     labels = dataset.label[dataset.rows_for(first.sample_ids)]
+    models = _entries(plan, scores, adapters, labels)
     add_statistics(models, labels, {name: result.scores for name, result in scores.items()}, config.eval.test_seed)
     add_gate_dependence(models, plan, labels, scores, shuffled or {})
     rows = dataset.samples.set_index("sample_id").loc[first.sample_ids].reset_index()
     _set_aside_previous(folder, models)
     for path in (folder.results_path, folder.root / "results.md"):  # a killed report leaves no table, never an old
         path.unlink(missing_ok=True)  # table beside the predictions and plots of this run
-    write_predictions(folder.root / "predictions", rows, {name: result.scores for name, result in scores.items()})
+    written = _ReportFiles(folder.root)
+    write_predictions(folder.root / "predictions", rows, {name: result.scores for name, result in scores.items()},
+                      written)
     save_index_file(folder.root / "eval_samples.json", first.sample_ids, split="test", size=len(first.sample_ids),
                     seed=config.eval.test_seed, of=len(dataset.sample_ids("test")))
-    _write_plots(folder.root / "plots", config, plan, models, scores)
+    _write_plots(folder.root / "plots", config, plan, models, scores, written)
+    written.remove_the_rest()
     payload = {
         "reference_model": REFERENCE_NAME,
         "statistics": STATISTICS_NOTE.format(seed=config.eval.test_seed),
@@ -90,7 +97,8 @@ def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict
     return RunResult(models, list(folder.events), folder.results_path)
 
 
-def _entries(plan, scores: dict, adapters: dict) -> dict:
+def _entries(plan, scores: dict, adapters: dict, labels) -> dict:
+    """Each model's entry; its metrics are computed from ``labels`` and the scores the report writes."""
     info = {m.display_name: {"kind": "crm", "method": m.name, "study": "main",
                              "stages": {"score": m.score.key, "crm": m.crm.key}} for m in plan.crm_models}
     for m in plan.llm_models:
@@ -102,12 +110,12 @@ def _entries(plan, scores: dict, adapters: dict) -> dict:
             stages["crm"] = m.rc.upstream[0].key
         info[m.name] = {"kind": "llm", "method": m.method.choice, "study": m.method.study, "stages": stages,
                         "short_history": m.short_history, "long_history": m.long_history}
-    reference = scores.get(REFERENCE_NAME)
+    metrics = {name: ctr_metrics(labels, result.scores) for name, result in scores.items()}
     models = {}
     for name, result in scores.items():
-        entry = {**info[name], **result.metrics}
-        entry["rel_impr"] = (None if reference is None or name == REFERENCE_NAME
-                             else rel_impr(reference.metrics["auc"], result.metrics["auc"]))
+        entry = {**info[name], **metrics[name]}
+        entry["rel_impr"] = (None if REFERENCE_NAME not in metrics or name == REFERENCE_NAME
+                             else rel_impr(metrics[REFERENCE_NAME]["auc"], metrics[name]["auc"]))
         if name in adapters:
             summary = adapters[name].summary
             entry.update({key: summary.get(key) for key in ("trainable_parameters", "train_runtime_s", "train_loss")})
@@ -204,38 +212,36 @@ def read(folder: RunFolder) -> RunResult:
     return RunResult(payload["models"], [], folder.results_path)
 
 
-def write_predictions(directory: Path, rows, scores: dict) -> None:
+def write_predictions(directory: Path, rows, scores: dict, written: Optional["_ReportFiles"] = None) -> None:
     """``<model>.csv`` with user_id, item_id, timestamp, label (``rows``, one per evaluation sample) and each model's
-    score; CSVs of models not in ``scores`` are removed."""
+    score; ``written`` records them (and removes, at its end, the CSVs of earlier tables that are not rewritten)."""
     directory.mkdir(parents=True, exist_ok=True)
-    written = set()
     for name, values in scores.items():
         if len(values) != len(rows):
             raise ValueError(f"{len(values)} scores of {name} for {len(rows)} samples")
-        path = directory / f"{safe_name(name)}.csv"
+    paths = {name: directory / f"{safe_name(name)}.csv" for name in scores}
+    if written is not None:
+        written.will_write(paths.values())
+    for name, values in scores.items():
+        path = paths[name]
         with atomic_path(path) as staging, open(staging, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(PREDICTION_COLUMNS)
             for user_id, item_id, timestamp, label, score in zip(rows["user_id"], rows["item_id"], rows["timestamp"],
                                                                  rows["label"], values):
                 writer.writerow([user_id, item_id, int(timestamp), int(label), f"{score:.6f}"])
-        written.add(path.name)
-    for path in directory.glob("*.csv"):
-        if path.name not in written:
-            path.unlink()
 
 
-def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores: dict) -> None:
-    written = set()
-
-    def keep(path: Path) -> None:
-        written.add(path.name)
+def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores: dict, written: "_ReportFiles") -> None:
+    def keep(path: Path) -> Path:  # listed before it is written
+        written.will_write([path])
+        return path
 
     by_name = {m.name: m.method for m in plan.llm_models}
     main = {name: entry for name, entry in models.items()
             if entry["kind"] == "crm" or entry["study"] in ("main", "ablation")}
     if main:
-        keep(plot_model_comparison(main, directory / "model_comparison.png"))
+        plot_model_comparison(main, keep(directory / "model_comparison.png"))
 
     def plain(method) -> bool:  # the run's own histories and few-shot size
         return (method.short_mode(config) == config.retrieval.mode and method.few_shot_size(config) == config.tune.few_shot
@@ -248,7 +254,7 @@ def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores:
     points = [point(by_name[n].num_meta_loras(config), models[n]) for n in models
               if type(by_name.get(n)) is RecLora and plain(by_name[n])]
     if len(points) > 1:
-        keep(plot_auc_vs_num_meta_loras(points, directory / "auc_vs_num_meta_loras.png"))
+        plot_auc_vs_num_meta_loras(points, keep(directory / "auc_vs_num_meta_loras.png"))
     curves: dict = {}
     main_n_m = RecLora().num_meta_loras(config)
     for name in models:
@@ -266,16 +272,42 @@ def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores:
     if any(len(points) > 1 for points in curves.values()):
         gate = crm_class(config.crm.name).display_name
         references = {f"{gate} (CRM)": point(None, models[gate])[1:]} if gate in models else {}
-        keep(plot_sample_efficiency(curves, directory / "sample_efficiency.png", references=references,
-                                    title=f"AUC against few-shot size on {next(iter(models.values()))['n']} test "
-                                          "samples (95% DeLong intervals)"))
+        plot_sample_efficiency(curves, keep(directory / "sample_efficiency.png"), references=references,
+                               title=f"AUC against few-shot size on {next(iter(models.values()))['n']} test "
+                                     "samples (95% DeLong intervals)")
     for name, result in scores.items():
         if result.gate is not None:
-            keep(plot_gate_usage(result.gate, directory / f"gate_usage_{safe_name(name)}.png",
-                                 title=f"{name}: gate usage over {len(result.gate)} test samples"))
-    for path in directory.glob("*.png") if directory.is_dir() else ():
-        if path.name not in written:
-            path.unlink()
+            plot_gate_usage(result.gate, keep(directory / f"gate_usage_{safe_name(name)}.png"),
+                            title=f"{name}: gate usage over {len(result.gate)} test samples")
+
+
+class _ReportFiles:
+    """The predictions and plots the report writes, listed in ``OUT/.report_files.json`` before each is written, so
+    that the next table removes exactly the files an earlier one wrote and this one does not (even after a kill), and
+    never a file of anyone else."""
+
+    def __init__(self, root: Path):
+        self.root, self.path = root, root / WRITTEN_NAME
+        self.earlier = set(self._read())
+        self.now: set = set()
+
+    def _read(self) -> list:
+        try:
+            listed = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
+
+    def will_write(self, paths) -> None:
+        self.now.update(Path(path).relative_to(self.root).as_posix() for path in paths)
+        write_json_atomically(self.path, sorted(self.earlier | self.now))
+
+    def remove_the_rest(self) -> None:
+        for name in sorted(self.earlier - self.now):
+            path = self.root / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        write_json_atomically(self.path, sorted(self.now))
 
 
 def _set_aside_previous(folder: RunFolder, models: dict) -> None:

@@ -1,8 +1,8 @@
 """The retrieval stage: each sample's long (CRM) and short (prompt) history, by the Long-Short Modality Retriever
 (``semantic``) or as the most recent items (``recent``, what the CRM baselines and the ablations read).
 
-A semantic retrieval's key covers the retriever settings and the encoder (``llm.base_model`` and its dtype); a recent
-one reads only K_long and K_short. The artifact is ``RetrievalResult.save``'s folder.
+A semantic retrieval's key covers the retriever settings and the encoder (``llm.base_model``, its content identity
+and its dtype); a recent one reads only K_long and K_short. The artifact is ``RetrievalResult.save``'s folder.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..artifacts import RunFolder, StageNode, cached
 from ..config import LlmConfig, RetrievalConfig
 from ..data import RecDataset
 from ..llm import dtype_name, resolve_dtype
+from ..model_identity import base_model_identity
 from ..retriever import RetrievalResult, retrieve
 from . import Runtime
 
@@ -23,7 +24,8 @@ def node(retrieval: RetrievalConfig, llm: LlmConfig, data: StageNode, mode: str)
     settings = retrieval.replace(mode=mode)
     inputs = {"retrieval": settings.reads()}
     if mode == "semantic":
-        inputs["encoder"] = {"base_model": llm.base_model, "dtype": dtype_name(resolve_dtype(llm.dtype))}
+        inputs["encoder"] = {"base_model": llm.base_model, "identity": base_model_identity(llm.base_model),
+                             "dtype": dtype_name(resolve_dtype(llm.dtype))}
     return StageNode("retrieval", mode, inputs, (data,), VERSION)
 
 

@@ -3,13 +3,13 @@
 The key covers the model's PEFT config as PEFT receives it (``tune.adapter`` through the model's method), the
 few-shot sample, the loss, ``tune.training``, the base LLM, the prompt settings, and upstream the retrieval that writes
 its prompts and (RecLoRA) the R_c table that feeds its gate. The artifact holds the PEFT adapter, the few-shot sample
-ids and the training summary. An interrupted build resumes from its checkpoints (``tune.training.save_steps``): they
-live in the build folder of the same key, so they are never resumed into other settings.
+ids and the training summary. An interrupted build resumes from its newest complete checkpoint
+(``tune.training.save_steps``; ``trainer.last_checkpoint`` says what complete means): they live in the build folder of
+the same key, so they are never resumed into other settings.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,9 +22,12 @@ from ..crm import CrmEmbeddingTable
 from ..data import RecDataset
 from ..llm import dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from ..methods import Method
+from ..model_identity import base_model_identity
 from ..retriever import RetrievalResult
 from ..sampling import load_index_file, save_index_file, seeded_sample
-from ..trainer import AnswerTokenDataset, build_peft_model, last_checkpoint, seed_everything, train_adapter
+from ..trainer import (
+    AnswerTokenDataset, build_peft_model, discard_checkpoints, last_checkpoint, seed_everything, train_adapter,
+)
 from ..views import PromptFormatter, SampleView, prompt_token_ids, text_records
 from . import Runtime, device_kind
 
@@ -36,7 +39,10 @@ PEFT_BOOKKEEPING = ("base_model_name_or_path", "revision", "peft_version", "auto
 
 
 def llm_inputs(config: RunConfig) -> dict:
-    return {"base_model": config.llm.base_model, "dtype": dtype_name(resolve_dtype(config.llm.dtype))}
+    """The base LLM as the stages that load it read it: its name (to load it), its content identity (what it
+    computes: other weights at the same path are another model) and its dtype."""
+    return {"base_model": config.llm.base_model, "identity": base_model_identity(config.llm.base_model),
+            "dtype": dtype_name(resolve_dtype(config.llm.dtype))}
 
 
 def peft_inputs(model: Method, config: RunConfig) -> Optional[dict]:
@@ -107,7 +113,11 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         peft_model = build_peft_model(base, peft_config_of(inputs["peft"], rc))
         trainable, total = peft_model.get_nb_trainable_parameters()
         folder.log(f"trainable parameters: {trainable:,} of {total:,}")
-        resume = last_checkpoint(staging / "checkpoints")
+        resume = None  # the main process decides (and removes incomplete checkpoints), the others follow
+        if runtime.processes.main:
+            resume = last_checkpoint(staging / "checkpoints", runtime.processes.count, log=folder.log, discard=True)
+        resume = runtime.processes.broadcast(None if resume is None else str(resume))
+        resume = None if resume is None else Path(resume)
         if resume is not None:
             folder.log(f"resuming {node.label} from its last checkpoint ({resume.name})")
         summary = train_adapter(peft_model, train_set, inputs["training"], staging, tokenizer.pad_token_id,
@@ -118,7 +128,7 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
                                 logging_dir=runtime.tracking_dir, gate_learning_rate=inputs.get("gate_learning_rate"))
         runtime.processes.wait()  # every process is done with the checkpoints
         if runtime.processes.main:
-            shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the adapter is final; nothing to resume
+            discard_checkpoints(staging / "checkpoints")  # the adapter is final; nothing to resume
         return {**summary, "trainable_parameters": int(trainable), "total_parameters": int(total),
                 "resumed_from": resume.name if resume else None}
 
