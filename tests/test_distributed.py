@@ -63,3 +63,27 @@ def test_two_processes_give_what_one_process_gives(tmp_path, tiny_base_model):
     few_shot = json.loads(next((tmp_path / "two" / "stages" / "tune").glob("RecLoRA-*/stage.json")).read_text())
     assert few_shot["key"] == tune["stages"]["tune"]
     assert few_shot["summary"]["global_steps"] == 16 // 8  # the config's global batch, not 2 x 8
+
+
+def test_a_folder_in_use_stops_every_process(tmp_path, tiny_base_model):
+    """Only the main process takes the run folder's lock; when another run holds it, every process stops with the
+    main process's error instead of waiting for it at the first barrier."""
+    import fcntl
+
+    from reclora_pipeline.artifacts import LOCK_NAME
+
+    config = fast_config(tmp_path / "run", tiny_base_model, models=["zero-shot"])
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / LOCK_NAME, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another run (this process) writes the folder
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+        process = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+             str(_free_port()), "-m", "reclora_pipeline.cli", "run", "--preset", "none", "--config", str(config_file)],
+            env=environment, capture_output=True, text=True, timeout=300)
+    assert process.returncode != 0
+    assert process.stderr.count(f"error: out: {tmp_path / 'run'} is being written by another run") == 2
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [LOCK_NAME]
+

@@ -53,3 +53,18 @@ def test_personalized_lora_model_rejects_bad_user_lists():
         peft_reclora.personalized_lora_model(make_tiny_llama(), reclora, torch.randn(2, 6), ["a", "a"])
     with pytest.raises(ValueError, match="crm_dim=6"):
         peft_reclora.personalized_lora_model(make_tiny_llama(), reclora, torch.randn(2, 5), ["a", "b"])
+
+
+def test_personalized_loras_onto_a_base_with_other_weights_are_refused():
+    """Another checkpoint of the same architecture (another seed) would give another function without a word: it is
+    refused naming both weight digests, unless allowed, and then a warning says so."""
+    from peft_reclora.base_weights import base_weights_sha256
+
+    reclora = _reclora("output", "shared")
+    users = torch.randn(2, 6, generator=torch.Generator().manual_seed(3))
+    trained, other = base_weights_sha256(reclora.base_model.model), base_weights_sha256(make_tiny_llama(seed=1))
+    assert trained == base_weights_sha256(make_tiny_llama()) != other  # names PEFT adds are not part of it
+    with pytest.raises(ValueError, match=f"sha256 {other[:16]}, but the RecLoRA model's base has {trained[:16]}"):
+        peft_reclora.personalized_lora_model(make_tiny_llama(seed=1), reclora, users, ["a", "b"])
+    with pytest.warns(UserWarning, match="exported anyway"):
+        peft_reclora.personalized_lora_model(make_tiny_llama(seed=1), reclora, users, ["a", "b"], allow_other_base=True)

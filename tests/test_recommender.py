@@ -372,7 +372,11 @@ def test_folder_holds_every_part_and_no_pickle(saved_folder, tiny_run):
 def test_the_record_names_the_artifacts_it_was_built_from(saved_folder, tiny_run):
     """The lineage holds the stage keys the run's results name for the model, and digests of the parts."""
     from reclora_pipeline.crm import crm_fingerprint, load_crm
-    from reclora_pipeline.serving.recommender import catalog_digest, sha256_of, vectors_digest, vocabulary_digest
+    from reclora_pipeline.artifacts import sha256_of_file as sha256_of
+    from reclora_pipeline.model_identity import base_model_identity
+    from reclora_pipeline.serving.recommender import (
+        adapter_config_digest, catalog_digest, vectors_digest, vocabulary_digest,
+    )
 
     lineage = json.loads((saved_folder / "recommender.json").read_text())["lineage"]
     stages = tiny_run.results()["models"][MODEL]["stages"]
@@ -390,7 +394,14 @@ def test_the_record_names_the_artifacts_it_was_built_from(saved_folder, tiny_run
     assert lineage["crm_fingerprint"] == folder.artifact("crm", stages["crm"]).summary["fingerprint"] == \
         crm_fingerprint(load_crm(saved_folder / "crm"))
     assert lineage["adapter_sha256"] == sha256_of(tune.path / "adapter" / "adapter_model.safetensors") == \
-        sha256_of(saved_folder / "adapter_model.safetensors")
+        sha256_of(saved_folder / "adapter_model.safetensors") == \
+        tune.manifest["files"]["adapter/adapter_model.safetensors"]["sha256"]  # as recorded when it was written
+    # Every file that changes the scores: the adapter's config too (as trained; publishing renames only its base).
+    assert lineage["adapter_config_sha256"] == adapter_config_digest(
+        json.loads((tune.path / "adapter" / "adapter_config.json").read_text())) == adapter_config_digest(
+        json.loads((saved_folder / "adapter_config.json").read_text()))
+    assert lineage["base_model_identity"] == base_model_identity(tiny_run.base_model) == \
+        tune.manifest["inputs"]["llm"]["identity"]  # the content trained on, not the Hub id the card names
     assert lineage["vocabulary_sha256"] == vocabulary_digest(FieldVocabulary.from_dataset(tiny_run.dataset))
     assert lineage["catalog_sha256"] == catalog_digest(tiny_run.dataset.users, tiny_run.dataset.items)
     assert lineage["item_vectors_sha256"] == vectors_digest(tiny_run.retrieval("semantic").item_vectors)
@@ -487,6 +498,10 @@ BROKEN_PARTS = {
     "adapter crm_dim": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(crm_dim=8)),
                         r"crm_dim: the gate .* reads 16 inputs"),
     "adapter weights changed": (_perturb_adapter, "adapter: .* is not the adapter this recommender was made with"),
+    "adapter temperature edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(temperature=3.0)),
+                                   "adapter config: .* a setting in it was changed"),
+    "adapter mixing edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(mixing="weights")),
+                              "adapter config: .* a setting in it was changed"),
     "adapter weights deleted": (lambda f: (f / "adapter_model.safetensors").unlink(), "adapter weights"),
     "item vectors rows": (lambda f: _item_vectors(f, lambda v: v[:-1]), "item vectors: shape"),
     "item vectors width": (lambda f: _item_vectors(f, lambda v: v[:, :-1]), "item vectors: 15 wide"),

@@ -58,6 +58,9 @@ KILLS = {
                      {"calls": 1}),  # SIM, at the end of its first epoch
     "checkpoint_written": ({"tune.training.save_steps": 1}, "transformers.trainer:Trainer._save_rng_state",
                            {"calls": 2}),  # RecLoRA's second checkpoint: weights and optimizer written, state not
+    "checkpoints_removed": ({"tune.training.save_steps": 1}, "os:unlink",
+                            {"calls": 3, "inside": "reclora_pipeline.stages.tune:discard_checkpoints"}),
+    # the adapter is trained, and its checkpoints are being removed: two files gone
     "before_scoring": ({"tune.adapter.mixing": "weights"}, "reclora_pipeline.stages.score:score_llm",
                        {"calls": 2}),  # Zero-shot's scoring, then RecLoRA's
     "while_scoring": ({"tune.adapter.mixing": "weights"}, "reclora_pipeline.stages.score:score_yes_probability",
@@ -262,6 +265,26 @@ def test_kill_while_a_tune_checkpoint_is_written(runs, capsys):
     assert_same_results(config.out, runs.fresh(KILLS["checkpoint_written"][0]))
 
 
+def test_kill_while_the_checkpoints_are_removed(runs, capsys):
+    """A checkpoint half removed (its trainer state still there, its optimizer gone) would be resumed with a
+    restarted schedule: the removal first renames the folder, so no resumable-looking half is ever left, and the rerun
+    trains from the start, as an uninterrupted run does."""
+    config, folder = runs.killed("checkpoints_removed")
+    tune = plan_run(config).llm_models[1].tune
+    building = folder.building_dir(tune)
+    assert not (building / "checkpoints").exists()
+    assert [path.name.split("-")[1] for path in building.glob(".discarded-checkpoints-*")] == ["checkpoints"]
+    capsys.readouterr()
+
+    result = run_pipeline(config)
+    assert "resuming" not in capsys.readouterr().out
+    assert computed(result) == {TUNE, ("score", "RecLoRA")}
+    assert_finished(config, result)
+    assert folder.artifact("tune", tune.key).summary["resumed_from"] is None
+    assert not any(".discarded" in name for name in folder.artifact("tune", tune.key).manifest["files"])
+    assert_same_results(config.out, runs.fresh(KILLS["checkpoints_removed"][0]))
+
+
 def test_kill_between_the_tune_artifact_and_its_scoring(runs):
     """The finished adapter is kept and scored; it is not trained again."""
     config, folder = runs.killed("before_scoring")
@@ -339,7 +362,7 @@ def empty(path: Path) -> None:
 
 
 def scramble(path: Path) -> None:
-    """The same size, other bytes: only reading the file can tell."""
+    """The same size, other bytes: only the sha256 recorded when it was written tells."""
     path.write_bytes(bytes(255 - byte for byte in path.read_bytes()))
 
 
@@ -347,13 +370,13 @@ def scramble(path: Path) -> None:
 DAMAGES = {
     "data_arrays_truncated": (DATA, "interactions.npz", truncate, "interactions.npz has"),
     "retrieval_arrays_emptied": (SEMANTIC, "retrieval.npz", empty, "retrieval.npz has 0 bytes"),
-    "retrieval_arrays_scrambled": (SEMANTIC, "retrieval.npz", scramble, "cannot be read"),
+    "retrieval_arrays_scrambled": (SEMANTIC, "retrieval.npz", scramble, "retrieval.npz is not the file that was"),
     "scores_truncated": (("score", "RecLoRA"), "scores.npy", truncate, "scores.npy has"),
-    "scores_scrambled": (("score", "SIM"), "scores.npy", scramble, "cannot be read"),
+    "scores_scrambled": (("score", "SIM"), "scores.npy", scramble, "its sha256 differs"),
     "crm_manifest_truncated": (SIM, MANIFEST_NAME, truncate, "is not the manifest of key"),
-    "rc_scrambled": (RC, "rc.safetensors", scramble, "cannot be read"),
+    "rc_scrambled": (RC, "rc.safetensors", scramble, "rc.safetensors is not the file that was written"),
     "adapter_emptied": (TUNE, "adapter/adapter_model.safetensors", empty, "adapter_model.safetensors has 0 bytes"),
-    "adapter_scrambled": (TUNE, "adapter/adapter_model.safetensors", scramble, "cannot be read"),
+    "adapter_scrambled": (TUNE, "adapter/adapter_model.safetensors", scramble, "its sha256 differs"),
 }
 
 

@@ -193,7 +193,8 @@ def write_checkpoint(folder: Path, step: int, skip=(), cut=()) -> Path:
     (path / "adapter_config.json").write_text("{}")
     torch.save({"state": {}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt")
     torch.save({"last_epoch": step}, path / "scheduler.pt")
-    torch.save({"python": [1, 2], "cpu": torch.get_rng_state()}, path / "rng_state.pth")
+    torch.save({"python": [1, 2], "numpy": np.random.get_state(), "cpu": torch.get_rng_state()},
+               path / "rng_state.pth")
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     for name in skip:
         (path / name).unlink()

@@ -118,11 +118,12 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, entry: list) -> None:
-    """Add one entry; the cache is only a shortcut, so a write that fails (read-only cache) is left out silently."""
+    """Add one entry (and drop those of files that are gone); the cache is only a shortcut, so a write that fails
+    (read-only cache) is left out silently."""
     from .artifacts import write_json_atomically
 
     try:
-        data = _read_cache()
+        data = {path: known for path, known in _read_cache().items() if os.path.exists(path)}
         data[key] = entry
         write_json_atomically(_cache_path(), data)
     except OSError:

@@ -310,7 +310,10 @@ def _safetensors_keys(path: Path) -> list:
 
 
 def _torch_state(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)  # as the Trainer reads it
+    from transformers.trainer_pt_utils import safe_globals
+
+    with safe_globals():  # as the Trainer reads it: tensors, and the numpy arrays of an RNG state
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def discard_checkpoints(checkpoints: Path) -> None:

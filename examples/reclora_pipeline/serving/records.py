@@ -62,7 +62,7 @@ class Lineage:
     dataset_fingerprint: str
     crm_fingerprint: str  # of the CRM whose R_c the adapter was trained on
     adapter_sha256: str  # of adapter_model.safetensors as trained
-    adapter_config_sha256: str  # of adapter_config.json as trained, without PEFT's bookkeeping (``adapter_config_digest``)
+    adapter_config_sha256: str  # of adapter_config.json as trained, less PEFT's bookkeeping (adapter_config_digest)
     base_model_identity: str  # the content of the base LLM the adapter was trained on (``model_identity``)
     vocabulary_sha256: str  # of the token layout the CRM was trained with (values, order, offsets, ratings)
     catalog_sha256: str  # of the user and item tables the prompts and features were written from
