@@ -598,8 +598,9 @@ def test_a_run_whose_crm_was_swapped_is_refused(tiny_run, other_run, tmp_path):
     (root / "results.json").write_text(json.dumps(results))
     folder = RunFolder(root)
     shutil.copyfile(folder.artifact("crm", first_crm).path / "crm_model.safetensors",
-                    folder.artifact("crm", own_crm).path / "crm_model.safetensors")  # same size: the manifest passes
-    with pytest.raises(ValueError, match="CRM: .* is not the CRM the adapter was trained with"):
+                    folder.artifact("crm", own_crm).path / "crm_model.safetensors")  # same size, other sha256
+    with pytest.raises(ValueError, match="crm artifact .* is damaged: crm_model.safetensors is not the file that was "
+                                         "written"):
         RecLoraRecommender.from_run(root, model=MODEL)
 
 
