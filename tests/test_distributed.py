@@ -28,6 +28,12 @@ def _free_port() -> int:
         return handle.getsockname()[1]
 
 
+def _environment() -> dict:
+    """The children's: one thread each, the tests' support modules importable, and the same code as this process."""
+    paths = [str(Path(__file__).parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def test_two_processes_give_what_one_process_gives(tmp_path, tiny_base_model):
     settings = dict(models=["zero-shot", "reclora", "lora"], crm__baselines=["din"], retrieval__mode="semantic",
                     retrieval__pca_dim=16, retrieval__cache_dir=str(tmp_path / "encodings"),
@@ -37,7 +43,7 @@ def test_two_processes_give_what_one_process_gives(tmp_path, tiny_base_model):
     config = fast_config(tmp_path / "two", tiny_base_model, **settings)
     config_file = tmp_path / "two.json"
     config_file.write_text(json.dumps(config.to_dict()))
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    environment = _environment()
     process = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
          "-m", "reclora_pipeline.cli", "run", "--preset", "none", "--config", str(config_file)],
@@ -78,7 +84,7 @@ def test_a_folder_in_use_stops_every_process(tmp_path, tiny_base_model):
     (tmp_path / "run").mkdir()
     with open(tmp_path / "run" / LOCK_NAME, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another run (this process) writes the folder
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+        environment = _environment()
         process = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
              str(_free_port()), "-m", "reclora_pipeline.cli", "run", "--preset", "none", "--config", str(config_file)],
