@@ -152,7 +152,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_before_it_writes(base_run, t
     try:
         assert holder.stdout.readline().strip() == "holding"
         before = snapshot(out)
-        with pytest.raises(RunFolderError, match=f"out: {out} is being written by another run .*pid 4242"):
+        with pytest.raises(RunFolderError, match=f"out: {out} is being written by another run.*last writer: pid 4242"):
             run_pipeline(config_of(out, tiny_base_model, eval__test_samples=30))
         with pytest.raises(RunFolderError, match="is being written by a run"):
             RecLoraRecommender.from_run(out, device="cpu")  # whose files may describe two runs meanwhile

@@ -228,8 +228,9 @@ class RunFolder:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise RunFolderError(f"out: {self.root} is being written by another run ({holder}); wait for it to finish "
-                                 "or give another folder")
+            raise RunFolderError(f"out: {self.root} is being written by another run, or read by one "
+                                 f"(its {LOCK_NAME} is held; last writer: {holder}); wait for it to finish or give "
+                                 "another folder")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
