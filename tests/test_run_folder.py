@@ -345,3 +345,28 @@ def test_a_damaged_artifact_behind_a_symlink_is_refused_cleanly(base_run, tiny_b
     with pytest.raises(RunFolderError, match=f"{artifact} is a symbolic link .* remove the link"):
         run_pipeline(config)
     assert snapshot(Path(elsewhere)) == before and artifact.is_symlink()
+
+
+def test_a_hub_id_is_known_by_its_commit(tmp_path, monkeypatch):
+    """Without the Hub (offline, or the repo unknown to it), a Hub id is the commit of its local snapshot, so a new
+    snapshot of the same id is another model; an id neither the Hub nor the cache knows is an error naming it."""
+    import huggingface_hub
+
+    from reclora_pipeline.model_identity import UnknownBaseModel
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "hub" / "models--someone--tiny-llm"
+
+    def snapshot(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    snapshot("a" * 40)
+    assert base_model_identity("someone/tiny-llm") == f"hub:someone/tiny-llm@{'a' * 40}"
+    snapshot("b" * 40)
+    assert base_model_identity("someone/tiny-llm") == f"hub:someone/tiny-llm@{'b' * 40}"
+    with pytest.raises(UnknownBaseModel, match="'someone/unknown' is not a local folder"):
+        base_model_identity("someone/unknown")
