@@ -124,6 +124,13 @@ def test_scoring_matches_single_prompt_softmax_and_keeps_order():
     assert ids.tolist() == [[4, 5], [0, 6]] and mask.tolist() == [[1, 1], [0, 1]]
 
 
+@pytest.mark.parametrize("batch_size", [0, -3, 1.5, None])
+def test_scoring_refuses_batch_sizes_below_one(batch_size):
+    model = make_tiny_llama()
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size!r}"):
+        score_yes_probability(model, [[1, 2, 3]], yes_id=5, no_id=6, pad_id=0, batch_size=batch_size, progress=False)
+
+
 def test_metrics():
     labels = np.array([0, 0, 1, 1])
     assert auc(labels, [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
