@@ -287,3 +287,5 @@ def test_a_config_file_preset_counts_as_the_preset_flag(tmp_path):
     assert config.tune.few_shot == PRESETS["demo"]["tune"]["few_shot"]
     args = build_parser().parse_args(["run", "--config", str(path), "--preset", "full"])
     assert run_config(args).out == "runs/ml-100k-full" and args.chosen_preset == "full"
+    assert RunConfig.resolve(files=[path]) == RunConfig.from_preset("demo")  # the library reads it alike
+    assert RunConfig.resolve("full", files=[path]) == RunConfig.from_preset("full")

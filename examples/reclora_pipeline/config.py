@@ -606,10 +606,14 @@ class RunConfig(Section):
     @classmethod
     def resolve(cls, preset: Optional[str] = None, files: Sequence[Union[str, Path]] = (),
                 changes: Sequence[tuple[str, Any]] = ()) -> "RunConfig":
-        """defaults < ``preset`` < each file < each ``(path, value)`` change (e.g. from ``--set``)."""
+        """defaults < ``preset`` < each file < each ``(path, value)`` change (e.g. from ``--set``). A file's
+        ``preset`` counts as ``preset`` does when none is given (the last file's wins), as on the command line."""
         tree = cls().to_dict()
-        layers = [preset_tree(preset)] if preset else []
-        layers += [read_config_file(path) for path in files]
+        trees = [read_config_file(path) for path in files]
+        for file_tree in trees:
+            preset = preset or file_tree.get("preset")
+        layers = [preset_tree(preset)] if preset and preset != "none" else []
+        layers += [{key: value for key, value in file_tree.items() if key != "preset"} for file_tree in trees]
         for layer in layers:
             tree = merge(tree, layer)
         for path, value in changes:
