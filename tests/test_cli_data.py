@@ -53,6 +53,31 @@ def test_data_command_reports_bad_input_with_file_and_line(tmp_path, ml1m_folder
     assert stats["rows_rejected"] == {"ratings.dat": {"rating 'five' is not a number": 1}}
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--max-bad-fraction", "nan"], "data.max_bad_fraction: expected a finite number, got 'nan'"),
+    (["--split-ratio", "0.8", "inf", "0.1"], "data.split_ratio[1]: expected a finite number, got 'inf'"),
+    (["--split-ratio", "0.9", "0", "0.1"], "data.split_ratio must be three positive shares"),
+    (["--label-threshold=-inf"], "data.label_threshold: expected a finite number"),
+])
+def test_data_command_refuses_values_that_cannot_run_before_reading(tmp_path, ml1m_folder, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main(["data", "--dataset", "ml-1m", "--source", str(ml1m_folder), "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_damaged_download_is_one_error_naming_the_file(tmp_path, capsys):
+    from support.synthetic_data import make_world, write_goodreads
+
+    write_goodreads(make_world(num_users=10, num_items=20, seed=4), tmp_path / "goodreads")
+    path = tmp_path / "goodreads" / "goodreads_interactions_poetry.json.gz"
+    path.write_bytes(path.read_bytes()[:-40])
+    assert main(["data", "--dataset", "goodreads", "--source", str(tmp_path / "goodreads"), "--out",
+                 str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {path}: the gzip file is damaged or truncated" in error and "Traceback" not in error
+
+
 def test_retrieve_command_recent_and_semantic(tmp_path, ml1m_folder, smollm2_dir):
     from reclora_pipeline.llm import load_tokenizer
 

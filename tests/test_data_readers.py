@@ -234,3 +234,89 @@ def test_embedded_ml100k():
     titles = dataset.items.set_index("item_id")["title"]
     assert titles.loc["1"] == "Toy Story (1995)"
     assert titles.loc["1412"] == "Land Before Time III: The Time of the Great Giving (1995)"
+
+
+def test_goodreads_rows_that_cannot_be_parsed_are_rejected_by_reason_never_coerced(tmp_path):
+    world = make_world(num_users=10, num_items=20, seed=9)
+    write_goodreads(world, tmp_path)
+    path = tmp_path / "goodreads_interactions_poetry.json.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    record = json.loads(lines[0])
+
+    def edited(**changes):
+        return json.dumps({**record, **changes})
+
+    far_date = record["date_updated"][:-4] + "9999"
+    lines[1] = "[" * 200_000 + "]" * 200_000  # a parser's recursion limit
+    lines[2] = edited(rating=0).replace('"rating": 0', '"rating": ' + "4" * 5000)  # more digits than Python reads
+    lines[3] = edited(date_updated=far_date)
+    lines[4] = edited(user_id={"id": "u0001"})
+    lines[5] = edited(book_id=5)
+    lines[6] = edited(user_id=["u0001"])
+    lines[7] = edited(rating=True)  # not one star
+    lines[8] = edited(rating="5")
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    books = tmp_path / "goodreads_books_poetry.json.gz"
+    with gzip.open(books, "rt") as f:
+        book_lines = f.read().splitlines()
+    book_lines[0] = json.dumps({**json.loads(book_lines[0]), "title": ["Book", "1"]})
+    with gzip.open(books, "wt") as f:
+        f.write("\n".join(book_lines) + "\n")
+    raw = read_raw("goodreads", tmp_path, max_bad_fraction=0.5)
+    assert raw.report.rejected[path.name] == {
+        "JSON nested too deeply": 1,
+        "JSON number too long to read": 1,
+        f"date_updated {far_date!r} is outside the dates read (years 1677 to 2262)": 1,
+        "user_id is a JSON dict, not a string": 1,
+        "book_id is a JSON int, not a string": 1,
+        "user_id is a JSON list, not a string": 1,
+        "rating True is not on the 1..5 scale": 1,
+        "rating '5' is not on the 1..5 scale": 1,
+    }
+    assert raw.report.rejected[books.name] == {"title is a JSON list, not a string": 1}
+    assert len(raw.interactions) == len(lines) - 8
+    assert not {"{'id': 'u0001'}", "['u0001']"} & set(raw.user_ids + raw.item_ids)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_gzip_file_is_a_data_format_error_naming_it(tmp_path, damage):
+    world = make_world(num_users=10, num_items=20, seed=10)
+    write_goodreads(world, tmp_path)
+    path = tmp_path / "goodreads_interactions_poetry.json.gz"
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":  # an interrupted download
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=r"goodreads_interactions_poetry\.json\.gz: the gzip file is damaged"):
+        read_raw("goodreads", tmp_path, max_bad_fraction=0.5)
+
+
+def test_a_byte_order_mark_costs_no_row(tmp_path):
+    world = make_world(num_users=10, num_items=20, seed=11)
+    write_ml1m(world, tmp_path)
+    for name in ("users.dat", "ratings.dat", "movies.dat"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes())
+    dataset = load_dataset("ml-1m", tmp_path, **RAW)
+    assert dataset.stats["rows_rejected_total"] == 0
+    _samples_match_world(dataset, world)
+    assert "1" in set(dataset.users["user_id"]) and "1" in set(dataset.items["item_id"])
+    write_goodreads(world, tmp_path / "goodreads")
+    authors = tmp_path / "goodreads" / "goodreads_book_authors.json"
+    authors.write_bytes(b"\xef\xbb\xbf" + authors.read_bytes())
+    assert read_raw("goodreads", tmp_path / "goodreads").report.rejected == {}
+
+
+def test_a_csv_row_the_csv_reader_cannot_read_is_one_rejected_row(tmp_path):
+    world = make_world(num_users=10, num_items=20, seed=12)
+    write_ml25m(world, tmp_path)
+    rows = (tmp_path / "ratings.csv").read_text().splitlines()
+    rows[3] = "1,2," + "4" * 200_000 + ",880000000"  # a field over csv's size limit (and a 200,000-digit rating)
+    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
+    raw = read_raw("ml-25m", tmp_path, max_bad_fraction=0.5)
+    assert raw.report.rejected["ratings.csv"] == {"not a CSV row (field larger than field limit (131072))": 1}
+    assert raw.report.first_bad["ratings.csv"].line == 4
+    assert len(raw.interactions) == len(rows) - 2

@@ -1,6 +1,7 @@
 """Prompt templates, Yes/No scoring and run reports."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,31 @@ def test_compact_template_keeps_every_fact_in_about_half_the_tokens(smollm2_dir)
     assert (settings["style"], settings["template"]) == ("plain", "compact")
 
 
+def test_max_tokens_shortens_the_history_oldest_first_and_keeps_the_question(smollm2_dir):
+    from reclora_pipeline.llm import load_tokenizer
+    from reclora_pipeline.views import prompt_token_ids
+
+    formatter = PromptFormatter(load_tokenizer(str(smollm2_dir)), "plain")
+    spec = SPECS["ml-100k"]
+    titles = [f"Film number {i} (199{i})" for i in range(6)]
+    record = TextRecord(sample_id=7, target_title="The Target (1997)", history=[(t, 4) for t in titles],
+                        profile={"gender": "F", "age": "25", "occupation": "writer"}, label=1)
+    full, = prompt_token_ids(spec, [record], formatter)
+    bare, = prompt_token_ids(spec, [dataclasses.replace(record, history=[])], formatter)
+    limit = (len(full) + len(bare)) // 2
+    ids, = prompt_token_ids(spec, [record], formatter, max_tokens=limit)
+    text = formatter.tokenizer.decode(ids)
+    assert len(ids) <= limit and text.endswith("***The Target (1997)***.\nNote that more stars the user rated the "
+                                               "movie, the user like the movie more.\nYou should ONLY tell me yes or "
+                                               "no.\nAnswer:")
+    kept = [title for title in titles if title in text]
+    assert titles[-1] in kept and titles[0] not in kept and kept == titles[len(titles) - len(kept):]
+    assert prompt_token_ids(spec, [record], formatter, max_tokens=len(full)) == [full]  # fits: unchanged
+    with pytest.raises(ValueError, match=f"prompt.max_tokens={len(bare) - 1} cannot hold the prompt of sample 7 .*"
+                                         f"at least {len(bare)} "):
+        prompt_token_ids(spec, [record], formatter, max_tokens=len(bare) - 1)
+
+
 def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):
     from reclora_pipeline.llm import load_tokenizer
 
@@ -122,6 +148,13 @@ def test_scoring_matches_single_prompt_softmax_and_keeps_order():
         assert score == pytest.approx(expected, abs=1e-4)
     ids, mask = left_pad([[4, 5], [6]], pad_id=0)
     assert ids.tolist() == [[4, 5], [0, 6]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 1.5, None])
+def test_scoring_refuses_batch_sizes_below_one(batch_size):
+    model = make_tiny_llama()
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size!r}"):
+        score_yes_probability(model, [[1, 2, 3]], yes_id=5, no_id=6, pad_id=0, batch_size=batch_size, progress=False)
 
 
 def test_metrics():

@@ -308,12 +308,26 @@ def test_a_catalog_users_profile_can_be_replaced(recommender):
     ([{"user_id": "1", "item_id": "2", "profile": {"planet": "Mars"}}], ValueError,
      r"request 0: profile fields \['planet'\] are not user fields"),
     ([{"user_id": "1", "item_id": "2", "profile": "writer"}], ValueError, "request 0: profile must be a dict"),
+    ([Request("1", "2", history=5)], ValueError, "request 0: history must be a list of .* got int"),
+    ([Request("1", "2", history=(pair for pair in [("2", 4)]))], ValueError,
+     "request 0: history must be a list of .* got generator"),
+    ([{"user_id": "1", "item_id": "2"}, Request({"id": 1}, "2")], ValueError,
+     "request 1: user_id must be a string .* got dict"),
+    ([{"user_id": "1", "item_id": ["2"]}], ValueError, "request 0: item_id must be a string .* got list"),
 ])
 def test_bad_requests_name_the_request_and_field(recommender, requests, error, message):
     with pytest.raises(error, match=message):
         recommender.view(requests)
     with pytest.raises(error, match=message):  # score checks before it loads or runs anything
         recommender.score(requests)
+
+
+def test_no_history_is_an_empty_history_and_batch_sizes_below_one_are_refused(recommender):
+    assert recommender.view([Request("1", "2", history=None)]).short_items.max() == -1
+    requests = [{"user_id": "1", "item_id": "2"}]
+    for batch_size in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer .*got {batch_size!r}"):
+            recommender.score(requests, batch_size=batch_size)
 
 
 # -- the folder --------------------------------------------------------------------------------------------------------
@@ -536,6 +550,28 @@ BROKEN_PARTS = {
     "record config": (lambda f: _edit_json(f / "recommender.json", lambda c: c["config"]["crm"].update(nme="sim")),
                       "'config' is not a run config"),
     "record deleted": (lambda f: (f / "recommender.json").unlink(), "recommender config"),
+    "record trained_dtype": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype="manual_seed")),
+                             "recommender.json trained_dtype must be one of float32, bfloat16, float16, got "
+                             "'manual_seed'"),
+    "record trained_dtype null": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype=None)),
+                                  "recommender.json trained_dtype must be one of .* got None"),
+    "record typed entry": (lambda f: _edit_json(f / "recommender.json", lambda c: c["answer_tokens"].update(
+        yes_token_id="5")), "recommender.json answer_tokens.yes_token_id must be an integer, got '5'"),
+    "record format version text": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(format_version="x")),
+                                   "recommender.json has format_version x"),
+    "crm config truncated": (lambda f: (f / "crm" / "crm_config.json").write_text(
+        (f / "crm" / "crm_config.json").read_text()[:40]), r"crm_config.json is not valid JSON"),
+    "crm config embed_dim float": (lambda f: _edit_json(f / "crm" / "crm_config.json", lambda c: c[
+        "hyper_parameters"].update(embed_dim=1e7)), r"crm_config.json: hyper_parameters.embed_dim must be positive"),
+    # a terabyte of embeddings: refused by the weights' shapes before anything is allocated
+    "crm config embed_dim huge": (lambda f: _edit_json(f / "crm" / "crm_config.json", lambda c: c[
+        "hyper_parameters"].update(embed_dim=10**8)), r"crm_model.safetensors: .* has shape .* the embedding table"),
+    "crm config crm_dim text": (lambda f: _edit_json(f / "crm" / "crm_config.json", lambda c: c.update(crm_dim="16")),
+                                r"crm_config.json: crm_dim must be a positive integer, got '16'"),
+    "adapter config without r": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.pop("r")),
+                                 r"adapter config: .*adapter_config.json lacks the field 'r'"),
+    "adapter config r text": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(r="8")),
+                              r"adapter config: .*adapter_config.json field 'r' must be a positive integer"),
 }
 
 

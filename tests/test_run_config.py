@@ -11,7 +11,7 @@ import pytest
 
 from reclora_pipeline.cli import build_parser, main, run_config
 from reclora_pipeline.config import PRESETS, RunConfig, leaves, read_config_file
-from reclora_pipeline.flags import parse_set
+from reclora_pipeline.flags import parse_set, resolve_from_args
 
 # Every flag of `run` before the config tree existed, with a value and the setting it must reach.
 EARLIER_FLAGS = [
@@ -50,9 +50,15 @@ def config_of(*argv):
     return run_config(args)
 
 
+def resolved_of(*argv):
+    """The tree of a command line, before the checks that read the base model (``/models/x`` does not exist)."""
+    args = build_parser().parse_args(["run", "--out", "unused", *argv])
+    return resolve_from_args(args, args.targets, args.default_preset).config
+
+
 @pytest.mark.parametrize("argv, path, value", EARLIER_FLAGS, ids=[flags[0] for flags, _, _ in EARLIER_FLAGS])
 def test_earlier_flags_are_aliases_of_their_settings(argv, path, value):
-    assert config_of(*argv).get(path) == value
+    assert resolved_of(*argv).get(path) == value
 
 
 def test_seed_alias_sets_every_seed_it_used_to():
@@ -175,3 +181,111 @@ class _Returning:
 
     def print_help(self, *a):
         pass
+
+
+# Values that cannot run: each refused by the command line before anything is written, naming the setting.
+UNRUNNABLE = [
+    (["--set", "tune.gate_learning_rate=nan"], "tune.gate_learning_rate: expected a finite number"),
+    (["--set", "crm.training.learning_rate=inf"], "crm.training.learning_rate: expected a finite number"),
+    (["--set", "crm.training.min_delta=nan"], "crm.training.min_delta: expected a finite number"),
+    (["--set", "crm.training.max_grad_norm=-inf"], "crm.training.max_grad_norm: expected a finite number"),
+    (["--set", "tune.training.num_train_epochs=Infinity"], "tune.training: num_train_epochs: expected a finite"),
+    (["--set", "tune.training.max_grad_norm=NaN"], "tune.training: max_grad_norm: expected a finite number"),
+    (["--set", "tune.training.weight_decay=1e999"], "tune.training: weight_decay: expected a finite number"),
+    (["--epochs", "-1"], "tune.training: num_train_epochs: epochs over the few-shot sample: must be at least 0"),
+    (["--epochs", "0"], "tune.training: the run would train zero steps"),
+    (["--batch-size", "0"], "tune.training: per_device_train_batch_size: samples per step: must be at least 1"),
+    (["--set", "tune.training.gradient_accumulation_steps=0"], "gradient_accumulation_steps: micro-batches per"),
+    (["--set", "tune.training.learning_rate=fast"], "tune.training: learning_rate: expected a number, got 'fast'"),
+    (["--set", 'tune.training.learning_rate="3e-3"'], "learning_rate: expected a number, got '3e-3' (a string"),
+    (["--set", "tune.training.per_device_train_batch_size=2.5"], "per_device_train_batch_size: expected an integer"),
+    (["--set", "tune.training.bf16=1"], "tune.training: bf16: expected true or false"),
+    (["--set", "tune.training.seed=-1"], "tune.training: seed: a seed is in [0, 4294967295]"),
+    (["--few-shot-seed", "4294967296"], "tune.few_shot_seed must be at most 4294967295"),
+    (["--set", "crm.training.seed=-5"], "crm.training.seed must be at least 0"),
+    (["--set", "eval.test_seed=-5"], "eval.test_seed must be at least 0"),
+    (["--set", "data.split_ratio=[0.8,NaN,0.1]"], "data.split_ratio[1]: expected a finite number"),
+    (["--set", "data.split_ratio=1,0,0"], "data.split_ratio must be three positive shares"),
+    (["--set", 'tune.adapter.target_modules=["qproj"]'], "tune.adapter: target_modules ['qproj'] match no module"),
+    (["--set", "tune.adapter.layers_to_transform=[1,99]"], "tune.adapter: layers_to_transform [99] is not a layer"),
+    (["--base-model", ""], "llm.base_model is empty"),
+    (["--base-model", " "], "llm.base_model is empty"),
+]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """A command line that gets past its checks starts no pipeline here: it fails the test instead."""
+    import reclora_pipeline.pipeline
+
+    def started(config):
+        raise AssertionError(f"the run started with {config.out}")
+
+    monkeypatch.setattr(reclora_pipeline.pipeline, "run_pipeline", started)
+
+
+@pytest.mark.parametrize("argv, message", UNRUNNABLE, ids=[" ".join(argv) for argv, _ in UNRUNNABLE])
+def test_values_that_cannot_run_are_refused_naming_the_setting(tmp_path, capsys, no_run, argv, message):
+    assert main(["run", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_base_model_and_triton_without_a_gpu_are_refused_before_a_run(tmp_path, capsys, monkeypatch,
+                                                                               no_run):
+    assert main(["run", "--out", str(tmp_path / "x"), "--base-model", str(tmp_path / "no-model")]) == 2
+    assert f"llm.base_model: cannot read the model config of '{tmp_path / 'no-model'}'" in capsys.readouterr().err
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["run", "--out", str(tmp_path / "x"), "--set", "tune.adapter.kernel_backend=triton"]) == 2
+    assert "tune.adapter.kernel_backend: 'triton' needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_yaml_numbers_are_numbers_and_a_string_learning_rate_is_refused(tmp_path, capsys, no_run):
+    path = tmp_path / "run.yaml"
+    path.write_text("tune:\n  training:\n    learning_rate: 3e-3\n    weight_decay: 1E-2\n")
+    training = config_of("--config", str(path)).tune.training
+    assert training["learning_rate"] == 3e-3 and training["weight_decay"] == 0.01
+    path.write_text("tune:\n  training:\n    learning_rate: fast\n")
+    assert main(["run", "--out", str(tmp_path / "x"), "--config", str(path)]) == 2
+    assert "tune.training: learning_rate: expected a number, got 'fast'" in capsys.readouterr().err
+
+
+MALFORMED_FILES = [
+    ("syntax.yaml", "retrieval: [1, 2\n", "not valid YAML"),
+    ("tag.yaml", "retrieval: !!python/object/apply:os.system ['echo unsafe']\n", "not valid YAML"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply to be a config"),
+    ("deep.yaml", "a:\n" + "".join(f"{'  ' * i}b{i}:\n" for i in range(1, 40)), "nested too deeply to be a config"),
+    ("list.toml", 'preset = ["demo"]\n', "preset must be one of demo, full, learning-curve or none"),
+    ("unknown.toml", 'preset = "tiny"\n', "preset must be one of demo, full, learning-curve or none"),
+    ("twice.json", '{"retrieval": {"k_long": 3, "k_long": 4}}', "the key 'k_long' is given twice"),
+    ("twice.yaml", "retrieval:\n  k_long: 3\n  k_long: 4\n", "the key 'k_long' is given twice"),
+    ("twice.toml", "[retrieval]\nk_long = 3\nk_long = 4\n", "not valid TOML"),
+    ("top.json", "[1, 2]", "the top level must be a table of settings"),
+    ("latin1.toml", "# caf\xe9\n", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", MALFORMED_FILES, ids=[name for name, _, _ in MALFORMED_FILES])
+def test_a_malformed_config_file_is_one_error_naming_the_file(tmp_path, capsys, no_run, name, text, message):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    assert main(["run", "--out", str(tmp_path / "x"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_config_file_preset_counts_as_the_preset_flag(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "demo"\n')
+    args = build_parser().parse_args(["run", "--config", str(path)])
+    config = run_config(args)
+    assert config.out == "runs/ml-100k-demo" and args.chosen_preset == "demo"  # not runs/ml-100k-full
+    assert config.tune.few_shot == PRESETS["demo"]["tune"]["few_shot"]
+    args = build_parser().parse_args(["run", "--config", str(path), "--preset", "full"])
+    assert run_config(args).out == "runs/ml-100k-full" and args.chosen_preset == "full"
+    assert RunConfig.resolve(files=[path]) == RunConfig.from_preset("demo")  # the library reads it alike
+    assert RunConfig.resolve("full", files=[path]) == RunConfig.from_preset("full")

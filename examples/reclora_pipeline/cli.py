@@ -183,9 +183,10 @@ def _cuda_available() -> bool:
 
 def run_config(args) -> RunConfig:
     """The config of a ``run`` / ``demo`` command line (``OUT`` defaults to runs/<dataset>-<preset>)."""
-    config, out_given = resolve_from_args(args, args.targets, args.default_preset)
+    config, out_given, preset = resolve_from_args(args, args.targets, args.default_preset)
+    args.chosen_preset = preset
     if not out_given:
-        config = config.override({"out": str(Path("runs") / f"{config.data.dataset}-{args.preset or args.default_preset}")})
+        config = config.override({"out": str(Path("runs") / f"{config.data.dataset}-{preset}")})
     return config.validate()
 
 
@@ -193,7 +194,7 @@ def run_run(args) -> int:
     from .pipeline import run_pipeline
 
     config = run_config(args)
-    if (args.preset or args.default_preset) == "full" and not _cuda_available():
+    if args.chosen_preset == "full" and not _cuda_available():
         print("note: the full preset tunes and scores many LLM models on the whole test split; without a GPU expect "
               "many hours (use `demo`, or --test-samples and --models to run a part)", file=sys.stderr)
     started = time.perf_counter()

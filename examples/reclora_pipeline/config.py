@@ -25,13 +25,19 @@ from __future__ import annotations
 import copy
 import difflib
 import enum
+import importlib.util
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
 CONFIG_FILE_NAME = "config.json"
+# Seeds reach numpy, whose generators take 0 <= seed < 2**32 (torch and Python take more).
+SEED_RANGE = (0, 2**32 - 1)
+# A config tree is a few tables deep; a deeper file is not a config (and would exhaust the recursion of a parser).
+MAX_CONFIG_DEPTH = 16
 
 
 # -- field declarations ------------------------------------------------------------------------------------------------
@@ -44,13 +50,14 @@ class KeyFlag:
     help: str
 
 
-def setting(default, help: str, *, choices=None, minimum=None, stages: Sequence[str] = (), flag: Optional[str] = None,
-            keys: Optional[Mapping[str, KeyFlag]] = None):
+def setting(default, help: str, *, choices=None, minimum=None, maximum=None, stages: Sequence[str] = (),
+            flag: Optional[str] = None, keys: Optional[Mapping[str, KeyFlag]] = None):
     """A leaf of the tree. ``stages``: the stages whose results depend on it ("plan": it decides which models are
     compared; empty: it changes how a result is computed, never the result). ``choices`` may be a function, called
-    when the value is checked, so that heavy registries are imported only then."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "stages": tuple(stages), "flag": flag,
-                "keys": dict(keys or {})}
+    when the value is checked, so that heavy registries are imported only then. ``minimum`` and ``maximum`` bound a
+    number (or each number of a list), both included."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "stages": tuple(stages),
+                "flag": flag, "keys": dict(keys or {})}
     if isinstance(default, (dict, list, set)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -121,11 +128,13 @@ def _check_choices_and_minimum(value, item, where: str) -> None:
         for one in (value if isinstance(value, tuple) else (value,)):
             if one not in allowed:
                 raise ValueError(f"{where}: {one!r} is not one of {', '.join(map(str, allowed))}")
-    minimum = item.metadata.get("minimum")
-    if minimum is not None and value is not None:
+    minimum, maximum = item.metadata.get("minimum"), item.metadata.get("maximum")
+    if value is not None:
         for one in (value if isinstance(value, tuple) else (value,)):
-            if one < minimum:
+            if minimum is not None and one < minimum:
                 raise ValueError(f"{where} must be at least {minimum}, got {one!r}")
+            if maximum is not None and one > maximum:
+                raise ValueError(f"{where} must be at most {maximum}, got {one!r}")
 
 
 # -- values ------------------------------------------------------------------------------------------------------------
@@ -181,9 +190,12 @@ def coerce(value, hint, where: str):
         if isinstance(value, bool):
             raise ValueError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every comparison with a bound; inf runs nothing to an end
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -305,8 +317,9 @@ class DataConfig(Section):
     def check(self) -> None:
         if self.max_bad_fraction > 1:
             raise ValueError(f"data.max_bad_fraction must be a fraction in [0, 1], got {self.max_bad_fraction}")
-        if sum(self.split_ratio) <= 0:
-            raise ValueError(f"data.split_ratio must not be all zero, got {list(self.split_ratio)}")
+        if min(self.split_ratio) <= 0:
+            raise ValueError(f"data.split_ratio must be three positive shares (train, valid, test: CRM training, its "
+                             f"early stopping and scoring each need rows), got {list(self.split_ratio)}")
         if self.time_field is not None and self.dataset != "goodreads":
             raise ValueError(f"data.time_field applies to goodreads only, not {self.dataset}")
 
@@ -329,6 +342,10 @@ class LlmConfig(Section):
                               "or a local folder", stages=("retrieval", "tune", "score"), flag="--base-model")
     dtype: Optional[str] = setting(None, "weights of the LLM (none: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES,
                                    stages=("retrieval", "tune", "score"), flag="--dtype")
+
+    def check(self) -> None:
+        if not self.base_model.strip():
+            raise ValueError("llm.base_model is empty; give 'embedded', a Hub id (owner/name) or a local model folder")
 
 
 @dataclass(frozen=True)
@@ -411,7 +428,8 @@ class CrmTrainingConfig(Section):
     min_delta: float = setting(0.0, "a validation AUC gain must exceed this to count", minimum=0.0, stages=("crm",))
     max_grad_norm: Optional[float] = setting(None, "clip gradients to this norm (none: no clipping)", minimum=0.0,
                                              stages=("crm",))
-    seed: int = setting(42, "seed of the initialisation and the batch order", stages=("crm",), flag="--seed")
+    seed: int = setting(42, "seed of the initialisation and the batch order", minimum=SEED_RANGE[0],
+                        maximum=SEED_RANGE[1], stages=("crm",), flag="--seed")
     eval_batch_size: int = setting(4096, "batch of validation scoring and of R_c", minimum=1, stages=("crm",))
 
 
@@ -452,7 +470,8 @@ class TuneConfig(Section):
     path: ClassVar[str] = "tune"
     few_shot: int = setting(1024, "few-shot training samples, drawn from the training split", minimum=1,
                             stages=("tune",), flag="--few-shot")
-    few_shot_seed: int = setting(42, "seed of the few-shot sample", stages=("tune",), flag="--few-shot-seed")
+    few_shot_seed: int = setting(42, "seed of the few-shot sample", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1],
+                                 stages=("tune",), flag="--few-shot-seed")
     loss: str = setting("vocab", "answer-token loss over the vocabulary (as the paper) or over the Yes/No logits "
                         "only", choices=("vocab", "yes_no"), stages=("tune",), flag="--loss")
     gate_learning_rate: Optional[float] = setting(None, "peak learning rate of RecLoRA's gate (none: "
@@ -501,7 +520,8 @@ class EvalConfig(Section):
     path: ClassVar[str] = "eval"
     test_samples: Optional[int] = setting(None, "a seeded subsample of the test split of this size (none or 0: the "
                                           "whole split)", minimum=0, stages=("score",), flag="--test-samples")
-    test_seed: int = setting(0, "seed of the test subsample", stages=("score",))
+    test_seed: int = setting(0, "seed of the test subsample", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1],
+                             stages=("score",))
     batch_size: int = setting(16, "prompts (or CRM rows) per scoring batch", minimum=1, stages=("score",),
                               flag="--score-batch-size")
     shuffled_gate: bool = setting(False, "also score every model that reads R_c with R_c shuffled across the "
@@ -586,10 +606,14 @@ class RunConfig(Section):
     @classmethod
     def resolve(cls, preset: Optional[str] = None, files: Sequence[Union[str, Path]] = (),
                 changes: Sequence[tuple[str, Any]] = ()) -> "RunConfig":
-        """defaults < ``preset`` < each file < each ``(path, value)`` change (e.g. from ``--set``)."""
+        """defaults < ``preset`` < each file < each ``(path, value)`` change (e.g. from ``--set``). A file's
+        ``preset`` counts as ``preset`` does when none is given (the last file's wins), as on the command line."""
         tree = cls().to_dict()
-        layers = [preset_tree(preset)] if preset else []
-        layers += [read_config_file(path) for path in files]
+        trees = [read_config_file(path) for path in files]
+        for file_tree in trees:
+            preset = preset or file_tree.get("preset")
+        layers = [preset_tree(preset)] if preset and preset != "none" else []
+        layers += [{key: value for key, value in file_tree.items() if key != "preset"} for file_tree in trees]
         for layer in layers:
             tree = merge(tree, layer)
         for path, value in changes:
@@ -617,8 +641,11 @@ class RunConfig(Section):
     # -- checks that need the libraries (run before anything is written) --------------------------------------------
     def validate(self) -> "RunConfig":
         """Check what the libraries themselves decide: every ``tune.adapter`` key is a RecLoraConfig or LoraConfig
-        field and every model's PEFT config builds; every ``tune.training`` key is a TrainingArguments field and the
-        arguments build. Returns ``self``."""
+        field, every model's PEFT config builds and adapts modules the base model has (its module names come from its
+        config alone), and the kernel backend runs on this machine; every ``tune.training`` key is a TrainingArguments
+        field with a value of its type and range, the run trains at least one step and the arguments build. Returns
+        ``self``."""
+        from .architecture import adapter_target_problem, architecture_of
         from .methods import adapter_key_problem, models_of
         from .trainer import training_arguments_problem
 
@@ -626,12 +653,25 @@ class RunConfig(Section):
             problem = adapter_key_problem(key)
             if problem:
                 raise ValueError(f"tune.adapter.{key}: {problem}")
+        architecture = architecture_of(self.llm.base_model)
         for model in models_of(self):
             try:
-                model.peft_config(self.tune.adapter, crm_dim=self.crm.model.crm_dim)
+                peft_config = model.peft_config(self.tune.adapter, crm_dim=self.crm.model.crm_dim)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.name(self)}: "
                                  f"{error}") from None
+            problem = peft_config and adapter_target_problem(peft_config, architecture)
+            if problem:
+                raise ValueError(f"tune.adapter: {problem}, so {model.name(self)} would tune nothing of "
+                                 f"llm.base_model {self.llm.base_model!r}")
+        if self.tune.adapter.get("kernel_backend") == "triton":
+            import torch
+
+            from peft_reclora.ops import triton_available
+
+            if not (torch.cuda.is_available() and triton_available()):
+                raise ValueError("tune.adapter.kernel_backend: 'triton' needs a CUDA GPU and Triton, and this machine "
+                                 "has none; use 'auto' (Triton where it runs), 'torch' or 'reference'")
         problem = training_arguments_problem(self.tune.training)
         if problem:
             raise ValueError(f"tune.training: {problem}")
@@ -687,33 +727,100 @@ def preset_tree(name: str) -> dict:
 
 
 def read_config_file(path: Union[str, Path]) -> dict:
-    """A partial tree from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file; errors name the file."""
+    """A partial tree from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file; every way a file can be malformed
+    (syntax, YAML tags, a key given twice, nesting deeper than a config, a ``preset`` that names none) is a
+    ``ValueError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    if suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise ValueError(f"{path}: a config file is .toml, .json, .yaml or .yml, not {suffix or 'without suffix'}")
     try:
-        if suffix == ".json":
-            tree = json.loads(text)
-        elif suffix == ".toml":
-            tree = _toml().loads(text)
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the config as "
-                                 "TOML or JSON") from None
-            tree = yaml.safe_load(text) or {}
-        else:
-            raise ValueError(f"{path}: a config file is .toml, .json, .yaml or .yml, not {suffix or 'without suffix'}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    parse = {".json": _parse_json, ".toml": _parse_toml}.get(suffix, _parse_yaml)
+    if parse is _parse_yaml and importlib.util.find_spec("yaml") is None:
+        raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the config as TOML or JSON")
+    if parse is _parse_toml:
+        _toml()  # a missing parser is no syntax error of the file
+    try:
+        tree = parse(text)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a config (at most {MAX_CONFIG_DEPTH} levels)") from None
     except ValueError as error:
-        if str(error).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({error})") from None
+        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({' '.join(str(error).split())})") from None
+    if tree is None and suffix in (".yaml", ".yml"):
+        tree = {}
     if not isinstance(tree, Mapping):
         raise ValueError(f"{path}: the top level must be a table of settings, got {type(tree).__name__}")
+    if _depth(tree) > MAX_CONFIG_DEPTH:
+        raise ValueError(f"{path}: nested too deeply to be a config (at most {MAX_CONFIG_DEPTH} levels)")
+    preset = tree.get("preset")
+    if "preset" in tree and not (isinstance(preset, str) and (preset in PRESETS or preset == "none")):
+        raise ValueError(f"{path}: preset must be one of {', '.join(PRESETS)} or none (as --preset), got {preset!r}")
     return dict(tree)
+
+
+def _depth(tree) -> int:
+    """How many tables and lists deep ``tree`` is (iteratively, so that any depth is measured)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_CONFIG_DEPTH:
+            break
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, (Mapping, list)))
+    return deepest
+
+
+def _parse_json(text: str):
+    def table(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"the key {repeated[0]!r} is given twice in one table")
+        return dict(pairs)
+
+    return json.loads(text, object_pairs_hook=table)
+
+
+def _parse_yaml(text: str):
+    """``yaml.safe_load`` (no tags that build objects) with YAML 1.2 numbers -- ``3e-3`` is a number, as in TOML and
+    JSON, not the string YAML 1.1 makes of it -- and a key given twice in one table refused."""
+    import re
+
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a table", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    ConfigLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass: no object tags
+    except yaml.YAMLError as error:
+        raise ValueError(str(error)) from None
+
+
+def _parse_toml(text: str):
+    return _toml().loads(text)  # TOML itself refuses a key given twice
 
 
 def _toml():

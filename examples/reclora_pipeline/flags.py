@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from .config import (
     Leaf, RunConfig, Section, build, describe_default, leaves, merge, nested, parse_literal, preset_tree, section_of,
@@ -192,9 +192,15 @@ def parse_set(text: str) -> tuple[str, Any]:
                                                                    else ""))
 
 
-def resolve_from_args(args: argparse.Namespace, targets: dict, preset: Optional[str]) -> tuple[RunConfig, bool]:
-    """The config of a command line: defaults < preset < ``--config`` files < flags < ``--set``. Also whether ``out``
-    was given (by a file or a flag)."""
+class ResolvedArgs(NamedTuple):
+    config: RunConfig
+    out_given: bool  # by a file or a flag
+    preset: Optional[str]  # the preset the tree starts from: --preset, else a file's 'preset', else the command's
+
+
+def resolve_from_args(args: argparse.Namespace, targets: dict, preset: Optional[str]) -> ResolvedArgs:
+    """The config of a command line: defaults < preset < ``--config`` files < flags < ``--set``, whether ``out`` was
+    given, and which preset was chosen (a file's ``preset`` counts as ``--preset`` does)."""
     from .config import read_config_file
 
     tree = RunConfig().to_dict()
@@ -212,7 +218,7 @@ def resolve_from_args(args: argparse.Namespace, targets: dict, preset: Optional[
     for path, value in changes:
         tree = merge(tree, nested(path, value))
     out_given = any("out" in file_tree for file_tree in files) or any(path == "out" for path, _ in changes)
-    return build(RunConfig, tree), out_given
+    return ResolvedArgs(build(RunConfig, tree), out_given, chosen)
 
 
 def section_from_args(cls: type[Section], args: argparse.Namespace, targets: dict) -> Section:

@@ -7,6 +7,7 @@ Scores come back in the input order.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ def score_yes_probability(
     progress: bool = True,
 ) -> np.ndarray:
     """P(Yes | prompt) for each tokenized prompt. ``crm_embeds`` (n, crm_dim) goes with the prompts row by row."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if crm_embeds is not None and len(crm_embeds) != len(token_ids):
         raise ValueError(f"crm_embeds has {len(crm_embeds)} rows for {len(token_ids)} prompts")
     was_training = model.training

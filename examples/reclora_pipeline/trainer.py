@@ -186,8 +186,62 @@ def _declared(name: str):
     return item.default
 
 
+# Values TrainingArguments accepts but no training run survives: the lowest value of each field, and what it means.
+TRAINING_LOWER_BOUNDS = {
+    "num_train_epochs": (0, "epochs over the few-shot sample"),
+    "per_device_train_batch_size": (1, "samples per step"),
+    "gradient_accumulation_steps": (1, "micro-batches per optimizer step"),
+    "learning_rate": (0, "the peak learning rate"),
+    "weight_decay": (0, "the AdamW weight decay"),
+    "max_grad_norm": (0, "the gradient clipping norm"),
+    "warmup_steps": (0, "warmup steps, or a fraction of the steps below 1"),
+}
+
+
+def training_value_problem(key: str, value, hint) -> Optional[str]:
+    """Why ``value`` is not what the TrainingArguments field ``key`` (annotated ``hint``) takes at run time, or None:
+    numbers must be numbers (a string learning rate reaches the optimizer), finite and within
+    ``TRAINING_LOWER_BOUNDS``; seeds must be in ``SEED_RANGE``. Fields of other types are left to TrainingArguments."""
+    import math
+    import types
+    import typing
+
+    from .config import SEED_RANGE
+
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    if options:
+        if value is None and type(None) in options:
+            return None
+        simple = [option for option in options if option is not type(None)]
+        if len(simple) != 1:
+            return None
+        hint = simple[0]
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and isinstance(value, float)):
+            kind = "an integer" if hint is int else "a number"
+            return f"expected {kind}, got {value!r}" + (" (a string: write the number unquoted)"
+                                                        if isinstance(value, str) else "")
+        if not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        if key in ("seed", "data_seed") and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            return f"a seed is in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {value!r}"
+        if key in TRAINING_LOWER_BOUNDS:
+            lowest, meaning = TRAINING_LOWER_BOUNDS[key]
+            if value < lowest:
+                return f"{meaning}: must be at least {lowest}, got {value!r}"
+        return None
+    if hint is str and not isinstance(value, str):
+        return f"expected a string, got {value!r}"
+    return None
+
+
 def training_arguments_problem(training: Mapping) -> Optional[str]:
-    """Why ``tune.training`` does not make TrainingArguments (an unknown or reserved key, a bad value), or None."""
+    """Why ``tune.training`` does not make TrainingArguments a run can train with (an unknown or reserved key, a value
+    of the wrong type or range, zero training steps, what TrainingArguments itself rejects), or None."""
+    import typing
+
     from transformers import TrainingArguments
 
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -197,6 +251,14 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             return f"{key!r} is not a TrainingArguments field" + (f"; did you mean {', '.join(close)}?" if close else "")
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in training.items():
+        problem = training_value_problem(key, value, hints[key])
+        if problem:
+            return f"{key}: {problem}"
+    if training.get("max_steps", _declared("max_steps")) <= 0 and training.get(
+            "num_train_epochs", _declared("num_train_epochs")) <= 0:
+        return "the run would train zero steps: give num_train_epochs above 0 (or max_steps of at least 1)"
     try:
         training_arguments(training, Path("unused"), num_samples=1, progress=False)
     except (TypeError, ValueError) as error:

@@ -12,7 +12,9 @@ is when a rating was set); ``time_field`` selects ``date_added``, ``read_at`` or
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -22,8 +24,12 @@ from .raw import DatasetSpec, RawData, rating_is_valid
 from .validation import DataFormatError, ReadReport
 
 UNKNOWN = "unknown"
+# The fields of a book record read as ids or text: each is a string (or null) in the dump.
+BOOK_TEXT_FIELDS = ("book_id", "title", "title_without_series", "publication_year", "publisher", "language_code",
+                    "format", "isbn")
 TIME_FIELDS = ("date_updated", "date_added", "read_at", "started_at")
 _DATE_FORMAT = "%a %b %d %H:%M:%S %z %Y"  # "Mon Aug 01 13:41:57 -0700 2011"
+_FIRST_SECOND, _LAST_SECOND = pd.Timestamp.min.value // 10**9 + 1, pd.Timestamp.max.value // 10**9
 
 GOODREADS = DatasetSpec(
     name="goodreads", item_noun="book", user_fields=("user_id",),
@@ -42,14 +48,46 @@ def _files(folder: Path, prefix: str) -> list:
 
 
 def parse_dates(values: list) -> np.ndarray:
-    """Unix seconds of GoodReads date strings; -1 where a value is missing or not a date."""
-    series = pd.Series(values, dtype=object)
-    parsed = pd.to_datetime(series, format=_DATE_FORMAT, errors="coerce", utc=True)
-    seconds = np.full(len(series), -1, dtype=np.int64)
-    ok = parsed.notna().to_numpy()
-    if ok.any():
-        seconds[ok] = (parsed[ok] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return seconds
+    """Unix seconds of GoodReads date strings; -1 where a value is missing, not a string, not a date, or a date
+    outside the years pandas timestamps hold (1677 to 2262; a year-9999 date is a broken row, not a time)."""
+    series = pd.Series([value if isinstance(value, str) else None for value in values], dtype=object)
+    try:
+        parsed = pd.to_datetime(series, format=_DATE_FORMAT, errors="coerce", utc=True)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):  # pandas < 3 parses to nanoseconds
+        parsed = pd.Series([_one_date(value) for value in series], dtype="datetime64[ns, UTC]")
+    seconds = parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+    ok = parsed.notna().to_numpy() & (seconds >= _FIRST_SECOND) & (seconds <= _LAST_SECOND)
+    return np.where(ok, seconds, -1)
+
+
+def _one_date(value: Optional[str]):
+    try:
+        return pd.to_datetime(value, format=_DATE_FORMAT, utc=True) if value is not None else pd.NaT
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):
+        return pd.NaT
+
+
+def _is_date(value) -> bool:
+    try:
+        datetime.strptime(value, _DATE_FORMAT)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _id(value) -> str:
+    """An id of the dump: a non-empty string ('' for anything else, which rejects the row: never coerced)."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _type_problem(record: dict, names: tuple) -> str:
+    """The first of ``names`` whose value is of a type the dump never writes there (ids and text are strings or
+    null), or ''."""
+    for name in names:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name} is a JSON {type(value).__name__}, not a string"
+    return ""
 
 
 def read_goodreads(
@@ -90,23 +128,30 @@ def read_goodreads(
 
 
 def _interaction_chunk(path, lines, records, report, users_enc, items_enc, time_field) -> pd.DataFrame:
-    user = [str(record.get("user_id") or "").strip() for record in records]
-    item = [str(record.get("book_id") or "").strip() for record in records]
+    user = [_id(record.get("user_id")) for record in records]
+    item = [_id(record.get("book_id")) for record in records]
     raw_rating = [record.get("rating") for record in records]
-    rating = pd.to_numeric(pd.Series(raw_rating, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # A rating is a JSON number: true, "5" or [5] are not ratings, whatever pandas would make of them.
+    rating = np.array([float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+                       for value in raw_rating], dtype=np.float64)
     timestamp = parse_dates([record.get(time_field) or None for record in records])
-    ids_ok = np.array([bool(u) and bool(i) for u, i in zip(user, item)], dtype=bool)
+    types = [_type_problem(record, ("user_id", "book_id", time_field)) for record in records]
+    ids_ok = np.array([bool(u) and bool(i) and not problem for u, i, problem in zip(user, item, types)], dtype=bool)
     unrated = rating == 0
     rating_ok = rating_is_valid(np.where(np.isfinite(rating), rating, 1.0), GOODREADS) & np.isfinite(rating)
     time_ok = timestamp >= 0
     ok = ids_ok & rating_ok & time_ok
     for row in np.flatnonzero(~ok & ~(unrated & ids_ok)):
-        if not ids_ok[row]:
+        if types[row]:
+            reason = types[row]
+        elif not ids_ok[row]:
             reason = "missing user_id or book_id"
         elif not rating_ok[row]:
             reason = f"rating {raw_rating[row]!r} is not on the 1..5 scale"
         else:
-            reason = f"{time_field} {records[row].get(time_field)!r} is not a date"
+            value = records[row].get(time_field)
+            reason = (f"{time_field} {value!r} is outside the dates read (years 1677 to 2262)" if _is_date(value)
+                      else f"{time_field} {value!r} is not a date")
         report.reject(path, int(lines[row]), reason, str(records[row]))
     skipped = np.flatnonzero(unrated & ids_ok)
     if len(skipped):
@@ -129,11 +174,12 @@ def _read_authors(folder: Path, report: ReadReport) -> dict:
     for path in _files(folder, "goodreads_book_authors"):
         for lines, records in iter_json_lines(path, report=report):
             for line, record in zip(lines, records):
-                author_id = str(record.get("author_id") or "").strip()
-                if not author_id:
-                    report.reject(path, int(line), "missing author_id", str(record))
+                author_id = _id(record.get("author_id"))
+                problem = _type_problem(record, ("author_id", "name"))
+                if problem or not author_id:
+                    report.reject(path, int(line), problem or "missing author_id", str(record)[:200])
                     continue
-                names[author_id] = str(record.get("name") or "").strip()
+                names[author_id] = (record.get("name") or "").strip()
         report.check(path)
     return names
 
@@ -142,8 +188,8 @@ def _first_author(record: dict) -> str:
     authors = record.get("authors") or []
     if isinstance(authors, list):
         for author in authors:
-            if isinstance(author, dict) and str(author.get("author_id") or "").strip():
-                return str(author["author_id"]).strip()
+            if isinstance(author, dict) and _id(author.get("author_id")):
+                return _id(author["author_id"])
     return ""
 
 
@@ -154,9 +200,10 @@ def _read_books(paths: list, report: ReadReport, author_names: dict) -> pd.DataF
     for path in paths:
         for lines, records in iter_json_lines(path, report=report):
             for line, record in zip(lines, records):
-                book_id = str(record.get("book_id") or "").strip()
-                if not book_id:
-                    report.reject(path, int(line), "missing book_id", str(record))
+                book_id = _id(record.get("book_id"))
+                problem = _type_problem(record, BOOK_TEXT_FIELDS)
+                if problem or not book_id:
+                    report.reject(path, int(line), problem or "missing book_id", str(record)[:200])
                     continue
                 if book_id in seen:
                     # The per-genre book files overlap; a book listed twice is the same record.

@@ -7,10 +7,12 @@ chunks of rows (``chunk_rows``) and converted column-wise with pandas, so MovieL
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import json
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +72,23 @@ def open_binary(path: Path, progress: bool = False) -> Iterator:
     with io.BufferedReader(raw, buffer_size=1 << 20) as stream:
         if magic == b"\x1f\x8b":
             with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped:
-                yield unzipped
+                try:
+                    yield unzipped
+                except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # raised while the caller reads
+                    raise DataFormatError(f"{path}: the gzip file is damaged or truncated ({error}); an interrupted "
+                                          "download? Download it again", path=path) from None
         else:
             yield stream
 
 
+def _without_bom(raw: bytes, number: int) -> bytes:
+    """The first line without a UTF-8 byte-order mark (an editor's, not data: it must not become part of an id)."""
+    return raw[len(codecs.BOM_UTF8):] if number == 1 and raw.startswith(codecs.BOM_UTF8) else raw
+
+
 def _decoded_lines(handle, encoding: str, bad_lines: set) -> Iterator[str]:
     for number, raw in enumerate(handle, start=1):
+        raw = _without_bom(raw, number)
         try:
             yield raw.decode(encoding)
         except UnicodeDecodeError:
@@ -114,7 +126,13 @@ def iter_delimited(
 
             def rows():
                 previous = 0
-                for fields in reader:
+                while True:
+                    try:
+                        fields = next(reader)
+                    except StopIteration:
+                        return
+                    except csv.Error as error:  # e.g. a field over csv's size limit: one bad row, the reader goes on
+                        fields = error
                     current = reader.line_num
                     yield previous + 1, current, fields
                     previous = current
@@ -129,6 +147,10 @@ def iter_delimited(
         numbers: list = []
         expect_header = header is not None
         for first, last, fields in rows():
+            if isinstance(fields, csv.Error):
+                rows_total += 1
+                report.reject(path, first, f"not a {'quoted ' if quoted else ''}CSV row ({fields})")
+                continue
             if not fields or (len(fields) == 1 and fields[0].strip() == ""):
                 continue
             if expect_header:
@@ -175,6 +197,7 @@ def iter_json_lines(
     numbers: list = []
     with open_binary(path, report.progress) as handle:
         for number, raw in enumerate(handle, start=1):
+            raw = _without_bom(raw, number)
             if not raw.strip():
                 continue
             rows_total += 1
@@ -182,6 +205,12 @@ def iter_json_lines(
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 report.reject(path, number, f"not valid JSON ({error.__class__.__name__})", raw.decode("utf-8", "replace"))
+                continue
+            except RecursionError:
+                report.reject(path, number, "JSON nested too deeply", raw[:200].decode("utf-8", "replace"))
+                continue
+            except ValueError:  # a number with more digits than Python converts
+                report.reject(path, number, "JSON number too long to read", raw[:200].decode("utf-8", "replace"))
                 continue
             if not isinstance(record, dict):
                 report.reject(path, number, "not a JSON object", raw.decode("utf-8", "replace"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,8 @@ class RecLoraRecommender:
         pairs, oldest first) and optionally ``profile``; see ``serving/requests.py`` for users and items outside the
         catalog.
         """
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer (or None: eval.batch_size), got {batch_size!r}")
         view = self.view(requests)
         self.load_model()
         config = self.record.config
@@ -266,7 +269,8 @@ class RecLoraRecommender:
                                                   progress=progress).get(view.sample_id)
         token_ids = prompt_token_ids(self.spec, text_records(view), self.formatter, config.prompt.max_tokens)
         return score_yes_probability(self.model, token_ids, self.formatter.yes_id, self.formatter.no_id,
-                                     self.tokenizer.pad_token_id, crm_embeds, batch_size or config.eval.batch_size,
+                                     self.tokenizer.pad_token_id, crm_embeds,
+                                     config.eval.batch_size if batch_size is None else batch_size,
                                      progress=progress)
 
 
@@ -483,11 +487,8 @@ def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
     for part, name in (("adapter config", ADAPTER_CONFIG_NAME), ("adapter weights", ADAPTER_WEIGHTS_NAME)):
         if not (adapter_dir / name).is_file():
             raise FileNotFoundError(f"{adapter_dir} is missing the {part} ({name})")
-    adapter_config = read_json(adapter_dir / ADAPTER_CONFIG_NAME, "adapter config")
-    if str(adapter_config.get("peft_type", "")).upper() != "RECLORA":
-        raise ValueError(f"adapter: {adapter_dir / ADAPTER_CONFIG_NAME} is a {adapter_config.get('peft_type')!r} "
-                         "adapter, not a RecLoRA one")
-    num_meta_loras, rank, crm_dim = (int(adapter_config[name]) for name in ("num_meta_loras", "r", "crm_dim"))
+    adapter_config = read_adapter_config(adapter_dir / ADAPTER_CONFIG_NAME)
+    num_meta_loras, rank, crm_dim = (adapter_config[name] for name in ADAPTER_SIZE_FIELDS)
     with safe_open(str(adapter_dir / ADAPTER_WEIGHTS_NAME), framework="pt") as handle:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     banks = {key: shape for key, shape in shapes.items() if key.endswith("reclora_A") or ".reclora_A." in key}
@@ -516,6 +517,26 @@ def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
         raise ValueError(f"adapter config: {adapter_dir / ADAPTER_CONFIG_NAME} is not the config the adapter was "
                          f"trained with (tune artifact {record.lineage.tune_key[:16]}): a setting in it was changed, "
                          "and the adapter would score differently")
+    return adapter_config
+
+
+ADAPTER_SIZE_FIELDS = ("num_meta_loras", "r", "crm_dim")  # what the weights' shapes are checked against
+
+
+def read_adapter_config(path: Path) -> dict:
+    """``adapter_config.json`` of a RecLoRA adapter, with the fields the recommender sizes things by checked: errors
+    name the file and the field."""
+    adapter_config = read_json(path, "adapter config")
+    if not isinstance(adapter_config, dict):
+        raise ValueError(f"adapter config: {path} must hold a JSON object, got {type(adapter_config).__name__}")
+    if str(adapter_config.get("peft_type", "")).upper() != "RECLORA":
+        raise ValueError(f"adapter: {path} is a {adapter_config.get('peft_type')!r} adapter, not a RecLoRA one")
+    for name in ADAPTER_SIZE_FIELDS:
+        if name not in adapter_config:
+            raise ValueError(f"adapter config: {path} lacks the field {name!r}")
+        value = adapter_config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"adapter config: {path} field {name!r} must be a positive integer, got {value!r}")
     return adapter_config
 
 

@@ -9,16 +9,19 @@ parts of another run are refused) and the run's metrics.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from ..config import RunConfig
+from ..config import DTYPES, RunConfig
 
 FORMAT = "reclora-recommender"
 FORMAT_VERSION = 3  # 3: the lineage names the base model by content and covers adapter_config.json
 
 
 def _from(cls, data: dict, where: str):
+    """``cls`` from the table ``data``; an unknown, missing or mistyped entry is a ``ValueError`` naming ``where``
+    (the file and the table) and the field."""
     if not isinstance(data, dict):
         raise ValueError(f"recommender config: {where} must be a table, got {type(data).__name__}")
     names = [item.name for item in fields(cls)]
@@ -26,7 +29,31 @@ def _from(cls, data: dict, where: str):
     missing = [name for name in names if name not in data]
     if unknown or missing:
         raise ValueError(f"recommender config: {where} has unknown entries {unknown} / lacks {missing}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        problem = _type_problem(value, hints[name])
+        if problem:
+            raise ValueError(f"recommender config: {where}.{name} must be {problem}, got {value!r}")
     return cls(**data)
+
+
+def _type_problem(value, hint) -> Optional[str]:
+    """What ``value`` should be for the annotation ``hint`` (str, int, dict, Optional of them), or None."""
+    if typing.get_origin(hint) is typing.Union:
+        if value is None:
+            return None
+        hint = next(option for option in typing.get_args(hint) if option is not type(None))
+    kinds = {str: "a string", int: "an integer", dict: "a table"}
+    if hint not in kinds:
+        return None
+    fits = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    return None if fits else kinds[hint]
+
+
+def _trained_dtype(value, where: str) -> str:
+    if value not in DTYPES:
+        raise ValueError(f"recommender config: {where} trained_dtype must be one of {', '.join(DTYPES)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -129,9 +156,11 @@ class RecommenderRecord:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "recommender.json") -> "RecommenderRecord":
+        if not isinstance(data, dict):
+            raise ValueError(f"recommender config: {where} must hold a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ValueError(f"recommender config: {where} has format {data.get('format')!r}, expected {FORMAT!r}")
-        version = int(data.get("format_version", 0))
+        version = data.get("format_version", 0)
         if version != FORMAT_VERSION:
             raise ValueError(f"recommender config: {where} has format_version {version}; this reader reads "
                              f"{FORMAT_VERSION} (save the recommender again with this version)")
@@ -140,14 +169,19 @@ class RecommenderRecord:
         except (KeyError, ValueError) as error:
             raise ValueError(f"recommender config: {where} 'config' is not a run config ({error})") from None
         retriever = data.get("retriever")
+        for name in ("base_model", "reference_model"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ValueError(f"recommender config: {where} {name} must be a string, got {data[name]!r}")
+        if not isinstance(data.get("metrics") or {}, dict):
+            raise ValueError(f"recommender config: {where} metrics must be a table, got {data['metrics']!r}")
         return cls(
-            model=_from(ModelRecord, data.get("model"), "model"),
+            model=_from(ModelRecord, data.get("model"), f"{where} model"),
             config=config,
-            trained_dtype=str(data.get("trained_dtype")),
-            answer_tokens=_from(AnswerTokens, data.get("answer_tokens"), "answer_tokens"),
-            lineage=_from(Lineage, data.get("lineage"), "lineage"),
-            dataset=_from(DatasetSummary, data.get("dataset"), "dataset"),
-            retriever=None if retriever is None else _from(RetrieverSummary, retriever, "retriever"),
+            trained_dtype=_trained_dtype(data.get("trained_dtype"), where),
+            answer_tokens=_from(AnswerTokens, data.get("answer_tokens"), f"{where} answer_tokens"),
+            lineage=_from(Lineage, data.get("lineage"), f"{where} lineage"),
+            dataset=_from(DatasetSummary, data.get("dataset"), f"{where} dataset"),
+            retriever=None if retriever is None else _from(RetrieverSummary, retriever, f"{where} retriever"),
             base_model=data.get("base_model"),
             metrics=dict(data.get("metrics") or {}),
             reference_model=data.get("reference_model"),

@@ -17,6 +17,8 @@ What the catalog does not know takes one documented path:
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -179,11 +181,20 @@ def _as_request(raw, index: int) -> Request:
         request = Request(raw["user_id"], raw["item_id"], raw.get("history") or (), raw.get("profile"))
     else:
         raise ValueError(f"request {index}: expected a dict or a Request, got {type(raw).__name__}")
+    for name in ("user_id", "item_id"):
+        value = getattr(request, name)
+        if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
+            raise ValueError(f"request {index}: {name} must be a string (or an integer id), got "
+                             f"{type(value).__name__} {value!r}")
     if request.profile is not None and not isinstance(request.profile, dict):
         raise ValueError(f"request {index}: profile must be a dict of user fields, got "
                          f"{type(request.profile).__name__}")
-    if isinstance(request.history, (str, bytes, dict)):
-        raise ValueError(f"request {index}: history must be a list of (item_id, rating) pairs")
+    history = request.history
+    if history is None:  # as a dict without 'history': no earlier interactions
+        return dataclasses.replace(request, history=())
+    if isinstance(history, (str, bytes, dict)) or not isinstance(history, (collections.abc.Sequence, np.ndarray)):
+        raise ValueError(f"request {index}: history must be a list of (item_id, rating) pairs, got "
+                         f"{type(history).__name__}")
     return request
 
 

@@ -19,6 +19,7 @@ The answer token ids are taken from the tokenizer and checked to be single token
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
@@ -175,8 +176,30 @@ class PromptFormatter:
 
 def prompt_token_ids(spec: "DatasetSpec", records: Sequence["TextRecord"], formatter: PromptFormatter,
                      max_tokens: Optional[int] = None) -> list:
-    """Token ids of the prompts of ``records``: the one recipe training, evaluation and serving use."""
-    texts = [formatter.prompt(spec, record) for record in records]
-    encoded = formatter.tokenizer(texts, add_special_tokens=False, truncation=max_tokens is not None,
-                                  max_length=max_tokens)
-    return encoded["input_ids"]
+    """Token ids of the prompts of ``records``: the one recipe training, evaluation and serving use.
+
+    With ``max_tokens``, a longer prompt loses history entries, oldest first, until it fits: the question and the
+    answer cue always stay, since P(Yes) is read right after them. A prompt that does not fit even without its history
+    is refused, naming the smallest ``prompt.max_tokens`` that holds every prompt."""
+    def encode(chosen: Sequence["TextRecord"]) -> list:
+        texts = [formatter.prompt(spec, record) for record in chosen]
+        return formatter.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    token_ids = encode(records)
+    if max_tokens is None:
+        return token_ids
+    for position, record in enumerate(records):
+        kept = len(record.history)
+        while len(token_ids[position]) > max_tokens and kept > 0:
+            kept -= 1
+            token_ids[position] = encode([_with_newest_history(record, kept)])[0]
+        if len(token_ids[position]) > max_tokens:
+            bare = encode([_with_newest_history(record, 0) for record in records])
+            raise ValueError(f"prompt.max_tokens={max_tokens} cannot hold the prompt of sample {record.sample_id} "
+                             f"even without its history ({len(token_ids[position])} tokens): the question and the "
+                             f"answer cue must stay; set prompt.max_tokens to at least {max(map(len, bare))} (or none)")
+    return token_ids
+
+
+def _with_newest_history(record: "TextRecord", count: int) -> "TextRecord":
+    return dataclasses.replace(record, history=list(record.history[len(record.history) - count:]))
