@@ -121,6 +121,28 @@ def test_backends_under_autocast_match_the_float64_reference(recipe, backend, ba
     _check_under_autocast(backend, *recipe, base, mixing)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=requires_triton)])
+def test_backward_called_inside_the_autocast_region(backend, interpreter):
+    """Some loops call backward() inside the autocast block: the gradients are those of a backward outside it."""
+    tensors, num_meta_loras = _inputs(torch.float32, "linear", seed=2)
+    grads = []
+    for backward_inside in (False, True):
+        leaves = {name: value.detach().clone().requires_grad_() for name, value in tensors.items()}
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = meta_lora(
+                leaves["x"], leaves["lora_A"], leaves["lora_B"], leaves["gate"], 2.0, num_meta_loras,
+                base_weight=leaves["base_weight"], base_bias=leaves["base_bias"], backend=backend,
+            )
+            if backward_inside:
+                out.float().square().sum().backward()
+        if not backward_inside:
+            out.float().square().sum().backward()
+        grads.append({name: leaf.grad for name, leaf in leaves.items()})
+    for name, grad in grads[0].items():
+        assert grads[1][name].dtype == grad.dtype, name
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_autocast_leaves_float64_inputs_alone(backend):
     """Autocast never lowers float64; the float64 oracle stays exact inside an autocast region."""
