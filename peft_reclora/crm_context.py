@@ -337,6 +337,25 @@ def generate_with_crm(model, *args, **kwargs):
         context.release(call)
 
 
+class GenerateWithCrm:
+    """The wrapped model's instance-level ``generate`` (``model.generate = GenerateWithCrm(model)``).
+
+    A small callable object rather than a bound method of ``generate_with_crm``: pickle stores a bound method as
+    "look the function up on the object by name", which fails for a function installed on one instance, and with it
+    ``pickle``, ``torch.save`` and multiprocessing's spawn of the whole model. This object pickles with the model it
+    belongs to, so a copy's ``generate`` drives the copy.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        return generate_with_crm(self.model, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RecLoRA generate of {type(self.model).__name__}>"
+
+
 def _is_checkpointing(module) -> bool:
     """Only asked for grad-enabled training calls (it walks the modules)."""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers >= 5.x renamed it

@@ -15,7 +15,7 @@ from peft.utils import quantization_extra_repr, resolve_quantization_backend
 from .config import RecLoraConfig
 from .crm_context import CrmContext
 from .gate import RecLoraGate
-from .ops import meta_lora
+from .ops import compute_dtype, meta_lora
 
 MERGE_ERROR = (
     "RecLoRA adapters cannot be merged into the base weights: the adapter update depends on each sample's "
@@ -166,7 +166,7 @@ class Linear(nn.Module, RecLoraLayer):
                 mixing=self.mixing[name],
                 base_weight=base.weight,
                 base_bias=base.bias,
-                backend=call.backend(self.kernel_backend[name], x.device, x.dtype),
+                backend=call.backend(self.kernel_backend[name], x.device, compute_dtype(x)),
             )
 
         result = self.base_layer(x, *args, **kwargs)
@@ -185,7 +185,7 @@ class Linear(nn.Module, RecLoraLayer):
                 self.num_meta_loras[name],
                 mixing=self.mixing[name],
                 base_output=result,
-                backend=call.backend(self.kernel_backend[name], compute_x.device, compute_x.dtype),
+                backend=call.backend(self.kernel_backend[name], compute_x.device, compute_dtype(compute_x)),
             )
         return result.to(result_dtype)
 

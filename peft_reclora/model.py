@@ -21,9 +21,9 @@ from .config import RecLoraConfig
 from .crm_context import (
     CONTEXT_ATTR,
     CrmContext,
+    GenerateWithCrm,
     capture_crm_embeds_hook,
     finish_call_hook,
-    generate_with_crm,
 )
 from .gate import RecLoraGate
 from .layer import MERGE_ERROR, Linear, RecLoraLayer
@@ -83,7 +83,7 @@ class RecLoraModel(BaseTuner):
         if hasattr(type(model), "generate"):
             # Instance-level override: transformers' generate rejects unknown kwargs, and PEFT's task_type=None path
             # calls the wrapped model's generate directly.
-            model.generate = generate_with_crm.__get__(model, type(model))
+            model.generate = GenerateWithCrm(model)
         if hasattr(model, "add_model_tags"):
             model.add_model_tags(MODEL_TAGS)
 

@@ -15,6 +15,8 @@ Backends:
   (float32 products would run on Triton's FMA path unless TF32 is allowed, slower than cuBLAS; on CPU the
   interpreter is for tests only).
 The ``PEFT_RECLORA_BACKEND`` environment variable overrides ``"auto"``.
+
+Inside ``torch.autocast`` every backend computes in the autocast dtype, as ``nn.Linear`` does (see ``autocast``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from .autocast import autocast_active, autocast_disabled, compute_dtype
 from .reference import meta_lora_reference
 from .shapes import MIXING_MODES, check_meta_lora_shapes
 from .torch_fused import meta_lora_torch
@@ -35,6 +38,7 @@ __all__ = [
     "BACKENDS",
     "MIXING_MODES",
     "check_base_shapes",
+    "compute_dtype",
     "meta_lora",
     "meta_lora_reference",
     "meta_lora_torch",
@@ -130,12 +134,25 @@ def meta_lora(
         backend: see the module docstring.
 
     Returns:
-        The delta, or the full layer output when a base is given, with x's leading shape and dtype.
+        The delta, or the full layer output when a base is given, with x's leading shape and x's dtype (inside
+        ``torch.autocast``, the autocast dtype, as ``nn.Linear`` returns there).
     """
     check_meta_lora_shapes(x, lora_A, lora_B, gate, num_meta_loras)
     if mixing not in MIXING_MODES:
         raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
     check_base_shapes(x, lora_B.shape[0], base_weight, base_bias, base_output)
+    if autocast_active(x.device):
+        # Cast once to the dtype autocast gives a linear layer, then keep autocast out of the backend's own ops.
+        x = x.to(compute_dtype(x))
+        with autocast_disabled(x.device):
+            return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias,
+                             base_output, backend)
+    return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output,
+                     backend)
+
+
+def _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output, backend):
+    """Run the chosen backend on checked inputs; it computes in x's dtype."""
     chosen = resolve_backend(backend, x.device, x.dtype)
     if chosen == "triton":
         from .triton_kernels import meta_lora_triton
@@ -150,6 +167,6 @@ def meta_lora(
         if base_weight is not None:
             return torch.nn.functional.linear(x, base_weight.to(x.dtype), None if base_bias is None else base_bias.to(x.dtype)) + delta
         if base_output is not None:
-            return base_output + delta
+            return base_output.to(x.dtype) + delta
         return delta
     return meta_lora_torch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output)

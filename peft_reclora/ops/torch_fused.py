@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from .autocast import backward_without_autocast
+
 
 def _mix(S4: torch.Tensor, gate4: torch.Tensor, scaling: float, mixing: str) -> torch.Tensor:
     """Apply the gate to the intermediate S viewed as (batch, rows, N, r); gate4 is (batch, 1, N, 1)."""
@@ -86,6 +88,7 @@ class MetaLoraFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, grad_out: torch.Tensor):
         x, S, gate, lora_A, lora_B, base_weight = ctx.saved_tensors
         scaling, num_meta_loras, mixing = ctx.scaling, ctx.num_meta_loras, ctx.mixing

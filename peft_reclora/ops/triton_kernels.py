@@ -53,6 +53,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .autocast import backward_without_autocast
 from .torch_fused import input_and_base_grads, meta_lora_torch
 
 try:
@@ -364,6 +365,7 @@ class MetaLoraTritonFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @backward_without_autocast
     def backward(ctx, grad_out):
         x, s_raw, gate, lora_A, lora_B, base_weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
