@@ -11,7 +11,11 @@ PEFT class or function is changed), after which PEFT's own API works with it:
 
 __version__ = "0.1.0"
 
-from .peft_type import ensure_reclora_peft_type
+from .versions import check_supported_versions
+
+check_supported_versions()  # before PEFT is imported: an unsupported release would fail on a private name instead
+
+from .peft_type import ensure_reclora_peft_type  # noqa: E402
 
 ensure_reclora_peft_type()
 

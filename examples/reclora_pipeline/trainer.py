@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 # and the paper); "yes_no": cross-entropy over the Yes/No logits only, the quantity P(Yes) scoring reads.
 LOSSES = ("vocab", "yes_no")
 GATE_PARAMETER = "reclora_gate"  # in the names of RecLoRA's gate parameters
+# TrainingArguments names added in transformers 5.23, and the names the same settings have in every earlier 5.x release
+# (kept there as deprecated aliases), so that --gradient-checkpointing works on every supported transformers.
+OLDER_TRAINING_NAMES = {"activation_checkpointing": "gradient_checkpointing",
+                        "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
 
 
 class AnswerTokenDataset(Dataset):
@@ -156,7 +160,7 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
     from transformers import TrainingArguments
 
     use_cuda = torch.cuda.is_available()
-    arguments = dict(training)
+    arguments = installed_training_keys(training)
     batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
     if processes > 1:
         if batch % processes:
@@ -178,6 +182,20 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
     return TrainingArguments(**arguments)
 
 
+def _training_fields() -> set:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def installed_training_keys(training: Mapping) -> dict:
+    """``training`` with each key the installed TrainingArguments does not know but knows under its older name (see
+    ``OLDER_TRAINING_NAMES``) renamed to that name."""
+    known = _training_fields()
+    return {OLDER_TRAINING_NAMES[key] if key not in known and OLDER_TRAINING_NAMES.get(key) in known else key: value
+            for key, value in training.items()}
+
+
 def _declared(name: str):
     from transformers import TrainingArguments
 
@@ -187,10 +205,8 @@ def _declared(name: str):
 
 def training_arguments_problem(training: Mapping) -> Optional[str]:
     """Why ``tune.training`` does not make TrainingArguments (an unknown or reserved key, a bad value), or None."""
-    from transformers import TrainingArguments
-
-    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    for key in training:
+    known = _training_fields()
+    for key in installed_training_keys(training):
         if key in RESERVED_TRAINING_KEYS:
             return f"{key} cannot be set: {RESERVED_TRAINING_KEYS[key]}"
         if key not in known:
