@@ -26,7 +26,7 @@ from .hub import push_to_hub, reclora_card_section  # noqa: E402
 from .layer import Linear, RecLoraLayer  # noqa: E402
 from .model import RecLoraModel  # noqa: E402
 from .ops import meta_lora  # noqa: E402
-from .registration import register  # noqa: E402
+from .registration import RecLoraNotRegisteredError, explain_missing_registration, register  # noqa: E402
 
 register()
 
@@ -36,6 +36,8 @@ __all__ = [
     "RecLoraGate",
     "RecLoraLayer",
     "RecLoraModel",
+    "RecLoraNotRegisteredError",
+    "explain_missing_registration",
     "export_personalized_lora",
     "meta_lora",
     "personalized_lora_model",
