@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..provenance import provenance_lines
 
 CARD_TAGS = ["reclora", "recommendation", "peft"]
 
@@ -131,6 +132,7 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         *([f"The adapter was trained on the weights `{base}` resolves to; load it on the same weights (`base_model=` "
            "of `from_pretrained`), since another copy of the model scores differently.", ""]
           if base != base_id else []),
+        *provenance_lines(record.provenance),
         "## Usage", "",
         "```python",
         "from reclora_pipeline.serving import RecLoraRecommender",
