@@ -51,3 +51,13 @@ def test_a_lora_adapter_loads_without_the_registration(tmp_path, unregistered):
     ids = torch.tensor([[3, 4, 5]])
     expected = model(input_ids=ids).logits
     assert torch.equal(load_adapter(make_tiny_llama(), tmp_path)(input_ids=ids).logits, expected)
+
+
+def test_the_card_snippet_imports_peft_reclora_and_loads_through_peft():
+    from peft_reclora import reclora_card_section
+
+    section = reclora_card_section(get_peft_model(make_tiny_llama(), reclora_config()))
+    snippet = section.split("```python", 1)[1]
+    assert snippet.index("import peft_reclora") < snippet.index("from peft import")
+    assert "AutoPeftModelForCausalLM.from_pretrained" in snippet
+    assert "`import peft_reclora`" in section and "transformers' `model.load_adapter` refuses RecLoRA" in section
