@@ -55,7 +55,7 @@ def test_every_unsupported_package_is_named_in_one_error():
     assert "peft 0.18.1 is installed" in outcome["message"] and "torch 2.4.0+cu118 is installed" in outcome["message"]
 
 
-def test_supported_versions_import(tmp_path):
+def test_supported_versions_import():
     outcome = _import_with({"peft": "0.21.9", "transformers": "5.99.0", "torch": "2.6.0+cu124"})
     assert outcome["error"] is None, outcome["message"]
 
