@@ -11,7 +11,11 @@ PEFT class or function is changed), after which PEFT's own API works with it:
 
 __version__ = "0.1.0"
 
-from .peft_type import ensure_reclora_peft_type
+from .versions import check_supported_versions
+
+check_supported_versions()  # before PEFT is imported: an unsupported release would fail on a private name instead
+
+from .peft_type import ensure_reclora_peft_type  # noqa: E402
 
 ensure_reclora_peft_type()
 
@@ -22,7 +26,7 @@ from .hub import push_to_hub, reclora_card_section  # noqa: E402
 from .layer import Linear, RecLoraLayer  # noqa: E402
 from .model import RecLoraModel  # noqa: E402
 from .ops import meta_lora  # noqa: E402
-from .registration import register  # noqa: E402
+from .registration import RecLoraNotRegisteredError, explain_missing_registration, register  # noqa: E402
 
 register()
 
@@ -32,6 +36,8 @@ __all__ = [
     "RecLoraGate",
     "RecLoraLayer",
     "RecLoraModel",
+    "RecLoraNotRegisteredError",
+    "explain_missing_registration",
     "export_personalized_lora",
     "meta_lora",
     "personalized_lora_model",

@@ -59,7 +59,10 @@ def _section(rows: list[str], cfg, source: Optional[str] = None) -> str:
             "### Usage",
             "",
             f"Loading needs the `peft_reclora` package ({INSTALL_HINT}) and `import peft_reclora` before PEFT reads "
-            "the adapter: PEFT has no plug-in discovery, and without the import it fails with `KeyError: 'RECLORA'`.",
+            "the adapter: PEFT has no plug-in discovery, and without the import it fails with `KeyError: 'RECLORA'`. "
+            "Load it through PEFT (`AutoPeftModelForCausalLM`, `PeftModel.from_pretrained`, `PeftModel.load_adapter`); "
+            "transformers' `model.load_adapter` refuses RecLoRA (PEFT's `inject_adapter_in_model` does not take tuners "
+            "with shared state).",
             "",
             "```python",
             "import torch",

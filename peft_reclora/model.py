@@ -27,6 +27,7 @@ from .crm_context import (
 )
 from .gate import RecLoraGate
 from .layer import MERGE_ERROR, Linear, RecLoraLayer
+from .saving import check_tensors_to_save
 
 # RecLoRA adapts the attention query/value projections, like LoRA's defaults.
 TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING = dict(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
@@ -266,6 +267,12 @@ class RecLoraModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         check_adapter_state_dict(model, config, adapter_name, remapped)
         return remapped
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        to_save = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        check_tensors_to_save(model, config, adapter_name, to_save)
+        return to_save
 
     # ----------------------------------------------------------------------------------------------------------------
     # gate inspection and per-user export

@@ -169,10 +169,12 @@ def load_adapter(base_model, adapter_dir):
     """A saved PEFT adapter (RecLoRA or LoRA) on ``base_model``, for inference."""
     import warnings
 
-    import peft_reclora  # noqa: F401  (registers RecLoRA with PEFT before the adapter is read)
     from peft import PeftModel
 
-    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
+    from peft_reclora import explain_missing_registration  # importing peft_reclora registers RecLoRA with PEFT
+
+    with warnings.catch_warnings(), explain_missing_registration():
+        # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     return model.eval()

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 # and the paper); "yes_no": cross-entropy over the Yes/No logits only, the quantity P(Yes) scoring reads.
 LOSSES = ("vocab", "yes_no")
 GATE_PARAMETER = "reclora_gate"  # in the names of RecLoRA's gate parameters
+# TrainingArguments names added in transformers 5.23, and the names the same settings have in every earlier 5.x release
+# (kept there as deprecated aliases), so that --gradient-checkpointing works on every supported transformers.
+OLDER_TRAINING_NAMES = {"activation_checkpointing": "gradient_checkpointing",
+                        "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
 
 
 class AnswerTokenDataset(Dataset):
@@ -157,7 +161,7 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
     from transformers import TrainingArguments
 
     use_cuda = torch.cuda.is_available()
-    arguments = dict(training)
+    arguments = installed_training_keys(training)
     batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
     if processes > 1:
         if batch % processes:
@@ -177,6 +181,20 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
     if project is not None:
         arguments["project"] = project
     return TrainingArguments(**arguments)
+
+
+def _training_fields() -> set:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def installed_training_keys(training: Mapping) -> dict:
+    """``training`` with each key the installed TrainingArguments does not know but knows under its older name (see
+    ``OLDER_TRAINING_NAMES``) renamed to that name."""
+    known = _training_fields()
+    return {OLDER_TRAINING_NAMES[key] if key not in known and OLDER_TRAINING_NAMES.get(key) in known else key: value
+            for key, value in training.items()}
 
 
 def _declared(name: str):
@@ -244,15 +262,15 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
 
     from transformers import TrainingArguments
 
-    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    for key in training:
+    known = _training_fields()
+    for key in installed_training_keys(training):
         if key in RESERVED_TRAINING_KEYS:
             return f"{key} cannot be set: {RESERVED_TRAINING_KEYS[key]}"
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             return f"{key!r} is not a TrainingArguments field" + (f"; did you mean {', '.join(close)}?" if close else "")
     hints = typing.get_type_hints(TrainingArguments)
-    for key, value in training.items():
+    for key, value in installed_training_keys(training).items():
         problem = training_value_problem(key, value, hints[key])
         if problem:
             return f"{key}: {problem}"

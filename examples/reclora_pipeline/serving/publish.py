@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..provenance import provenance_lines
 
 CARD_TAGS = ["reclora", "recommendation", "peft"]
 
@@ -133,6 +134,7 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
           if base != base_id else []),
         "Loading checks the base model's content against the identity above (a sha256 of its weight, tokenizer and "
         "config files, or its Hub commit) and refuses another one unless `allow_other_base_model=True` is passed.", "",
+        *provenance_lines(record.provenance),
         "## Usage", "",
         "```python",
         "from reclora_pipeline.serving import RecLoraRecommender",

@@ -44,6 +44,7 @@ from ..crm import CrmEmbeddingTable, CrmSchema, crm_fingerprint, load_crm, read_
 from ..crm.serialization import CRM_CONFIG_NAME
 from ..data import RecDataset
 from ..data.raw import DatasetSpec
+from ..provenance import recorded_provenance
 from ..retriever import ITEM_VECTORS_NAME, RetrievalResult
 from ..scoring import score_yes_probability
 from ..views import FieldVocabulary, PromptFormatter, SampleView, ctr_features, prompt_token_ids, text_records
@@ -391,6 +392,7 @@ def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> R
         metrics={name: {key: item.get(key) for key in ("kind", "auc", "logloss", "rel_impr", "n")}
                  for name, item in models.items()},
         reference_model=results.get("reference_model"),
+        provenance=recorded_provenance(results),
     )
     return RecommenderParts(record=record, vocabulary=vocabulary, users=dataset.users,
                             items=dataset.items, crm_dir=crm.path, adapter_dir=adapter_dir, item_vectors=item_vectors,

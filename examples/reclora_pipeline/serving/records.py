@@ -4,7 +4,8 @@ The run's settings are its resolved config tree (``config``), copied as the run 
 (N_m, r, crm_dim, ...) live in ``adapter_config.json`` and the CRM's (schema, R_c layer, crm_dim) in
 ``crm/crm_config.json``, so none of them is repeated here. What is recorded besides is what no file says: which model
 of the run it is, the answer tokens it was trained on, the dtype it was trained in, the lineage of its parts (so that
-parts of another run are refused) and the run's metrics.
+parts of another run are refused), the run's metrics, and what the run was built from (package versions, dataset
+file digests).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class RecommenderRecord:
     base_model: Optional[str] = None  # what to load instead of config.llm.base_model (e.g. its Hub id)
     metrics: dict = field(default_factory=dict)  # the run's table: model -> kind, auc, logloss, rel_impr, n
     reference_model: Optional[str] = None
+    provenance: dict = field(default_factory=dict)  # the run's package versions and dataset file digests
 
     @property
     def base_model_to_load(self) -> str:
@@ -185,4 +187,5 @@ class RecommenderRecord:
             base_model=data.get("base_model"),
             metrics=dict(data.get("metrics") or {}),
             reference_model=data.get("reference_model"),
+            provenance=dict(data.get("provenance") or {}),
         )

@@ -2,7 +2,7 @@
 
     OUT/results.json         per model: kind, method, study, auc, logloss, n, positive_rate, rel_impr, the keys of its
                              stages (score, tune, rc, crm) and what training measured; the run's device, versions,
-                             timings and the digest of OUT/config.json
+                             dataset files (sha256), timings and the digest of OUT/config.json
     OUT/results.md           the table
     OUT/predictions/<model>.csv, OUT/eval_samples.json, OUT/plots/*.png
     OUT/results_previous.json  entries of earlier tables of this folder that this run's table no longer holds
@@ -34,6 +34,7 @@ from ..data import RecDataset
 from ..methods import REFERENCE_NAME, Lora, RecLora
 from ..metrics import ctr_metrics, rel_impr
 from ..plots import plot_auc_vs_num_meta_loras, plot_gate_usage, plot_model_comparison, plot_sample_efficiency
+from ..provenance import run_provenance
 from ..sampling import save_index_file
 
 PREDICTION_COLUMNS = ("user_id", "item_id", "timestamp", "label", "score")
@@ -88,7 +89,7 @@ def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict
         "config_digest": config.digest(),
         "eval_samples": int(len(first.sample_ids)),
         "test_split_size": int(len(dataset.sample_ids("test"))),
-        "device": _device(), "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
+        "device": _device(), **run_provenance(config.data), "date": time.strftime("%Y-%m-%d"),
         "timings": {**_timings(folder), "total_s": seconds},
         "models": models,
     }
@@ -349,15 +350,3 @@ def _device() -> str:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def _versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    import peft_reclora
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "peft_reclora": peft_reclora.__version__}
-
