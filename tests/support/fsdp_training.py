@@ -1,5 +1,5 @@
-"""RecLoRA training steps on a tiny Llama: one process on the whole batch, or (run with ``torchrun``) FSDP2 with each
-process on its share of the batch.
+"""RecLoRA training steps on a tiny Llama: one process on the whole batch, or (run with ``torchrun``) FSDP2 or FSDP1
+with each process on its share of the batch.
 
 ``python -m torch.distributed.run --nproc_per_node 2 fsdp_training.py OUT`` runs every sharded case in one process
 group and writes, per case, the full adapter state dict gathered after training (``OUT/<case>.pt``); the plain case is
@@ -16,7 +16,8 @@ import torch
 import peft_reclora
 from peft import get_peft_model
 
-CASES = ("plain", "transformers_checkpointing", "checkpoint_wrapper")
+FSDP2_CASES = ("plain", "transformers_checkpointing", "checkpoint_wrapper")
+CASES = (*FSDP2_CASES, "fsdp1")
 GLOBAL_BATCH, SEQUENCE_LENGTH, STEPS, LEARNING_RATE = 4, 9, 2, 0.5
 VOCAB, CRM_DIM = 64, 6
 
@@ -48,6 +49,13 @@ def make_batches():
          "crm_embeds": torch.randn(GLOBAL_BATCH, CRM_DIM, generator=generator)}
         for _ in range(STEPS)
     ]
+
+
+def process_batches(rank: int, world_size: int):
+    """This process's rows of every global batch."""
+    share = GLOBAL_BATCH // world_size
+    rows = slice(rank * share, (rank + 1) * share)
+    return [{key: value[rows] for key, value in batch.items()} for batch in make_batches()]
 
 
 def adapter_tensors(state_dict: dict) -> dict:
@@ -96,9 +104,19 @@ def train_sharded(case: str, rank: int, world_size: int):
     for layer in model.base_model.model.model.layers:
         fully_shard(layer)
     fully_shard(model)
-    share = GLOBAL_BATCH // world_size
-    batches = [{key: value[rank * share:(rank + 1) * share] for key, value in batch.items()} for batch in make_batches()]
-    _train(model, batches)
+    _train(model, process_batches(rank, world_size))
+    return model
+
+
+def train_fsdp1(rank: int, world_size: int):
+    """FSDP1 with ``peft_reclora.fsdp_auto_wrap_policy`` and flat parameters (``use_orig_params=False``, the strict
+    kind: one dtype and one ``requires_grad`` per unit)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = make_model()
+    model = FullyShardedDataParallel(model, auto_wrap_policy=peft_reclora.fsdp_auto_wrap_policy(model),
+                                     device_id=torch.device("cpu"), use_orig_params=False)
+    _train(model, process_batches(rank, world_size))
     return model
 
 
@@ -109,8 +127,14 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     for case in CASES:
-        model = train_sharded(case, rank, world_size)
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if case == "fsdp1":
+            # FSDP1 offloading a full state dict segfaults in CPU-only processes (torch 2.13); it is on the CPU already.
+            model = train_fsdp1(rank, world_size)
+            options = StateDictOptions(full_state_dict=True)
+        else:
+            model = train_sharded(case, rank, world_size)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=options)
         if rank == 0:
             torch.save(adapter_tensors(full), out / f"{case}.pt")
             if case == "plain":
