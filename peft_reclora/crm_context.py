@@ -37,9 +37,10 @@ from typing import Optional
 import torch
 
 try:
+    from torch.distributed._composable.contract import _get_registry
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
-except ImportError:  # a PyTorch build without torch.distributed has no such wrapper
-    CheckpointWrapper = ()
+except ImportError:  # a PyTorch build without torch.distributed has neither kind of checkpointing
+    CheckpointWrapper, _get_registry = (), None
 
 from .ops import BACKEND_ENV_VAR, resolve_backend
 
@@ -346,8 +347,9 @@ def generate_with_crm(model, *args, **kwargs):
 def _is_checkpointing(module) -> bool:
     """Only asked for grad-enabled training calls (it walks the modules).
 
-    Two kinds re-run layers during backward: transformers' gradient checkpointing, and PyTorch's own checkpoint
-    wrapper (``checkpoint_wrapper`` / ``apply_activation_checkpointing``, the one FSDP users are told to choose).
+    Both kinds re-run layers during backward: transformers' gradient checkpointing, and PyTorch's own
+    (``checkpoint_wrapper`` / ``apply_activation_checkpointing``, the one FSDP users are told to choose, or the
+    composable ``checkpoint(module)``).
     """
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers >= 5.x renamed it
         if hasattr(type(module), name):
@@ -357,4 +359,12 @@ def _is_checkpointing(module) -> bool:
     else:
         if any(getattr(m, "gradient_checkpointing", False) for m in module.modules()):
             return True
-    return any(isinstance(m, CheckpointWrapper) for m in module.modules())
+    return any(_checkpointed_by_pytorch(m) for m in module.modules())
+
+
+def _checkpointed_by_pytorch(module) -> bool:
+    """Wrapped by ``checkpoint_wrapper``, or marked by the composable ``torch.distributed._composable.checkpoint``."""
+    if isinstance(module, CheckpointWrapper):
+        return True
+    registry = _get_registry(module) if _get_registry is not None else None
+    return bool(registry) and "checkpoint" in registry

@@ -25,8 +25,15 @@ from test_distributed import _environment
 STEP_TOLERANCE = 1e-5
 
 
-def _wrap_decoder_layers(model, impl: CheckpointImpl) -> None:
+def _wrap_decoder_layers(model, impl) -> None:
+    """PyTorch's checkpointing on each decoder layer: the wrapper (``CheckpointImpl``) or the composable API."""
     model.config.use_cache = False  # a recomputed layer would otherwise append its keys and values to the cache again
+    if impl == "composable":
+        from torch.distributed._composable import checkpoint
+
+        for layer in model.base_model.model.model.layers:
+            checkpoint(layer)
+        return
     apply_activation_checkpointing(
         model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=impl),
         check_fn=lambda module: isinstance(module, LlamaDecoderLayer),
@@ -40,8 +47,8 @@ def _grads(model, batch):
 
 
 @pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
-@pytest.mark.parametrize("impl", [CheckpointImpl.NO_REENTRANT, CheckpointImpl.REENTRANT])
-def test_pytorch_checkpoint_wrapper_gives_the_unwrapped_gradients(batch, gate_sharing, impl):
+@pytest.mark.parametrize("impl", [CheckpointImpl.NO_REENTRANT, CheckpointImpl.REENTRANT, "composable"])
+def test_pytorch_checkpointing_gives_the_unwrapped_gradients(batch, gate_sharing, impl):
     """The recomputation during backward sees its own call's CRM (gate dropout masks included)."""
     model = get_peft_model(make_tiny_llama(), reclora_config(gate_sharing=gate_sharing, gate_dropout=0.3))
     model.train()
