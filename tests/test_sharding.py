@@ -21,7 +21,7 @@ from conftest import make_tiny_llama, reclora_config
 from support import fsdp_training
 from test_distributed import _environment
 
-# FSDP2 averages the two processes' gradients of half batches: the one-process step up to float32 summation order.
+# FSDP averages the two processes' gradients of half batches: the one-process step up to float32 summation order.
 STEP_TOLERANCE = 1e-5
 
 
