@@ -27,6 +27,7 @@ from .layer import Linear, RecLoraLayer  # noqa: E402
 from .model import RecLoraModel  # noqa: E402
 from .ops import meta_lora  # noqa: E402
 from .registration import RecLoraNotRegisteredError, explain_missing_registration, register  # noqa: E402
+from .sharding import fsdp_auto_wrap_policy  # noqa: E402
 
 register()
 
@@ -39,6 +40,7 @@ __all__ = [
     "RecLoraNotRegisteredError",
     "explain_missing_registration",
     "export_personalized_lora",
+    "fsdp_auto_wrap_policy",
     "meta_lora",
     "personalized_lora_model",
     "personalized_lora_weights",

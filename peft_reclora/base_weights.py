@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from .sharding import gathered
+
 ADAPTER_PREFIX = "reclora_"  # RecLoraModel.prefix: the adapter's own parameters are not the base's
 # PEFT wrappers around a base module: the original weights live under these names.
 WRAPPER_PARTS = (".base_layer.", ".original_module.")
@@ -22,16 +24,17 @@ def base_weights_sha256(module: torch.nn.Module) -> str:
     """sha256 over the base model's tensors (name, dtype, shape and bytes), leaving out adapter parameters."""
     digest = hashlib.sha256()
     tensors = {}
-    for key, tensor in module.state_dict().items():
+    for key, tensor in module.state_dict(keep_vars=True).items():
         if ADAPTER_PREFIX in key or ".modules_to_save." in key:
             continue
         for part in WRAPPER_PARTS:
             key = key.replace(part, ".")
         tensors[key] = tensor
     for key in sorted(tensors):
-        tensor = tensors[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensors[key].shape)}\0".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        with gathered([tensors[key]]):  # one at a time: under ZeRO-3 the whole base would not fit on one device
+            tensor = tensors[key].detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensors[key].shape)}\0".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

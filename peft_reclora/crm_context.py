@@ -11,10 +11,11 @@ Design points, each one forced by a way a simpler alternative fails:
 - ``CrmContext`` (one per model, a plain object, not an ``nn.Module``: no parameters, nothing in state dicts) holds what
   belongs to the model: the gates' dropout settings and dtypes, and the checkpointing bookkeeping. ``CrmCall`` holds
   what belongs to one call: the validated CRM tensor, its gate dropout masks, alpha and backend caches.
-- Gradient checkpointing re-runs the layers during backward, after the call has returned (and, on GPUs, in autograd's
-  own threads). The call of a checkpointed training forward is therefore kept as the model's *pending backward call*
-  and used only by layers running inside backward. A second training forward before that backward would replace it,
-  so with checkpointing active that pattern raises a clear error instead of producing wrong gradients.
+- Gradient checkpointing (transformers' own, or PyTorch's ``checkpoint_wrapper``) re-runs the layers during
+  backward, after the call has returned (and, on GPUs, in autograd's own threads). The call of a checkpointed training
+  forward is therefore kept as the model's *pending backward call* and used only by layers running inside backward. A
+  second training forward before that backward would replace it, so with checkpointing active that pattern raises a
+  clear error instead of producing wrong gradients.
 - Each layer computes its gate from the raw CRM tensor (a (batch, crm_dim) MLP: negligible), which keeps the gate's
   parameters inside the checkpointed region; alpha computed once outside would break reentrant checkpointing. Without
   gradients, alpha is cached per call (and per ``generate``), so inference evaluates each gate once.
@@ -34,6 +35,12 @@ import os
 from typing import Optional
 
 import torch
+
+try:
+    from torch.distributed._composable.contract import _get_registry
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+except ImportError:  # a PyTorch build without torch.distributed has neither kind of checkpointing
+    CheckpointWrapper, _get_registry = (), None
 
 from .ops import BACKEND_ENV_VAR, resolve_backend
 
@@ -357,8 +364,26 @@ class GenerateWithCrm:
 
 
 def _is_checkpointing(module) -> bool:
-    """Only asked for grad-enabled training calls (it walks the modules)."""
+    """Only asked for grad-enabled training calls (it walks the modules).
+
+    Both kinds re-run layers during backward: transformers' gradient checkpointing, and PyTorch's own
+    (``checkpoint_wrapper`` / ``apply_activation_checkpointing``, the one FSDP users are told to choose, or the
+    composable ``checkpoint(module)``).
+    """
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers >= 5.x renamed it
         if hasattr(type(module), name):
-            return bool(getattr(module, name))
-    return any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+            if getattr(module, name):
+                return True
+            break
+    else:
+        if any(getattr(m, "gradient_checkpointing", False) for m in module.modules()):
+            return True
+    return any(_checkpointed_by_pytorch(m) for m in module.modules())
+
+
+def _checkpointed_by_pytorch(module) -> bool:
+    """Wrapped by ``checkpoint_wrapper``, or marked by the composable ``torch.distributed._composable.checkpoint``."""
+    if isinstance(module, CheckpointWrapper):
+        return True
+    registry = _get_registry(module) if _get_registry is not None else None
+    return bool(registry) and "checkpoint" in registry

@@ -24,6 +24,7 @@ from torch import nn
 
 from .base_weights import check_same_base
 from .crm_context import validate_crm_embeds
+from .sharding import gathered
 
 if TYPE_CHECKING:
     from .model import RecLoraModel
@@ -48,17 +49,18 @@ def personalized_lora_weights(tuner: "RecLoraModel", crm_embeds: torch.Tensor, a
     weights = {}
     for name, layer in tuner.reclora_layers(adapter_name).items():
         gate = layer.gate_module(adapter_name)
-        was_training = gate.training
-        gate.eval()
-        alpha = gate(crm_embeds)[0].float()
-        gate.train(was_training)
+        bank = (layer.reclora_A[adapter_name], layer.reclora_B[adapter_name])
+        with gathered([*bank, *gate.parameters()]):  # ZeRO-3 partitions them; the folded update needs them whole
+            was_training = gate.training
+            gate.eval()
+            alpha = gate(crm_embeds)[0].float()
+            gate.train(was_training)
+            A, B = (tensor.detach().float().clone() for tensor in bank)
         num, rank = layer.num_meta_loras[adapter_name], layer.r[adapter_name]
         scaling = layer.scaling[adapter_name]
-        A = layer.reclora_A[adapter_name].float()
-        B = layer.reclora_B[adapter_name].float()
         if layer.mixing[adapter_name] == "output":
             column_scale = (scaling * alpha).repeat_interleave(rank)
-            weights[name] = (A.clone(), B * column_scale.to(B.device)[None, :])
+            weights[name] = (A, B * column_scale.to(B.device)[None, :])
         else:
             alpha = alpha.to(A.device)
             mixed_A = (alpha[:, None, None] * A.view(num, rank, -1)).sum(0)

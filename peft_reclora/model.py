@@ -28,6 +28,7 @@ from .crm_context import (
 from .gate import RecLoraGate
 from .layer import MERGE_ERROR, Linear, RecLoraLayer
 from .saving import check_tensors_to_save
+from .sharding import gathered
 
 # RecLoRA adapts the attention query/value projections, like LoRA's defaults.
 TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING = dict(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
@@ -312,7 +313,8 @@ class RecLoraModel(BaseTuner):
                 f"`crm_embeds` has width {crm_embeds.shape[1]} but adapter '{adapter_name}' expects "
                 f"(batch, crm_dim={config.crm_dim})"
             )
-        return gate(crm_embeds)
+        with gathered(gate.parameters()):  # partitioned under ZeRO-3
+            return gate(crm_embeds)
 
     def export_personalized_lora(
         self, crm_embeds: torch.Tensor, save_directory: str, adapter_name: str = "default"
@@ -334,12 +336,14 @@ def check_adapter_state_dict(model: nn.Module, config: RecLoraConfig, adapter_na
     partial weights. The error names the keys and the config fields that disagree.
     """
     prefix = "base_model.model."
-    expected = {
-        key.removeprefix(prefix): value
-        for key, value in _filter_state_dict_by_key_prefixes(
-            model.state_dict(), _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
-        ).items()
-    }
+    adapter_parameters = [param for name, param in model.named_parameters() if RecLoraModel.prefix in name]
+    with gathered(adapter_parameters):  # under ZeRO-3 the model's own tensors read as shape [0] otherwise
+        expected = {
+            key.removeprefix(prefix): value
+            for key, value in _filter_state_dict_by_key_prefixes(
+                model.state_dict(), _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
+            ).items()
+        }
     provided = {key.removeprefix(prefix): value for key, value in state_dict.items() if RecLoraModel.prefix in key}
     problems = []
     missing = sorted(set(expected) - set(provided))
