@@ -22,11 +22,12 @@ class Architecture:
 
 @functools.lru_cache(maxsize=8)
 def architecture_of(base_model: str) -> Architecture:
-    """The modules of ``base_model`` (``llm.base_model``: 'embedded', a Hub id or a local folder); ``ValueError``
-    naming the setting when its config cannot be read."""
+    """The modules of ``base_model`` (``llm.base_model``: 'embedded', 'gemma3-270m', a .gguf file, a Hub id or a
+    local folder); ``ValueError`` naming the setting when its config cannot be read."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     config = _config_of(base_model)
     try:
@@ -37,7 +38,7 @@ def architecture_of(base_model: str) -> Architecture:
                          f"({error})") from None
     modules = dict(model.named_modules())
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
-                     if isinstance(module, torch.nn.Linear)})
+                     if isinstance(module, (torch.nn.Linear, Conv1D))})
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return Architecture(tuple(name for name in modules if name), tuple(linear),
                         getattr(text_config, "num_hidden_layers", None))
@@ -46,19 +47,21 @@ def architecture_of(base_model: str) -> Architecture:
 def _config_of(base_model: str):
     from transformers import AutoConfig
 
-    from .llm import EMBEDDED_CACHE_NAME, cache_root, embedded_gguf_path, is_embedded
+    from .llm import converted_checkpoint_dir, gguf_file, is_converted
 
     try:
-        if is_embedded(base_model):
-            converted = cache_root() / EMBEDDED_CACHE_NAME
-            if (converted / "config.json").is_file():
+        gguf = gguf_file(base_model)
+        if gguf is not None:
+            converted = converted_checkpoint_dir(gguf)
+            if is_converted(converted):
                 return AutoConfig.from_pretrained(str(converted))
-            gguf = embedded_gguf_path()  # its header holds the config; nothing is converted yet
+            # The GGUF header holds the config; nothing is converted yet.
             return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         return AutoConfig.from_pretrained(base_model)
     except (OSError, ValueError) as error:
-        raise ValueError(f"llm.base_model: cannot read the model config of {base_model!r} (expected 'embedded', a "
-                         f"Hub id or a local model folder with config.json): {' '.join(str(error).split())}") from None
+        raise ValueError(f"llm.base_model: cannot read the model config of {base_model!r} (expected 'embedded', "
+                         f"'gemma3-270m', a .gguf file, a Hub id or a local model folder with config.json): "
+                         f"{' '.join(str(error).split())}") from None
 
 
 def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[str]:
