@@ -99,13 +99,15 @@ def test_gemma3_resolves_to_the_file_its_package_assembles(tmp_path, monkeypatch
             Path(output_path).write_bytes({content!r})
             return Path(output_path)
     """))
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, llm.GEMMA3_MODULE, raising=False)
+    spec = importlib.util.spec_from_file_location(llm.GEMMA3_MODULE, package / "__init__.py")
+    stand_in = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stand_in)
+    monkeypatch.setitem(sys.modules, llm.GEMMA3_MODULE, stand_in)  # restored (or removed) after the test
     monkeypatch.setenv("PEFT_RECLORA_CACHE", str(tmp_path / "cache"))
     path = llm.gguf_file("gemma3-270m")
     assert path == tmp_path / "cache" / "gemma-3-270m-q4_k_m.gguf" and path.read_bytes() == content
     assert llm.gguf_file("gemma-3-270m") == path
-    assert len(sys.modules[llm.GEMMA3_MODULE].calls) == 1  # assembled once
+    assert len(stand_in.calls) == 1  # assembled once
     assert base_model_identity("gemma3-270m") == "sha256:" + hashlib.sha256(content).hexdigest()
     path.write_bytes(b"damaged")  # a damaged copy is assembled again
     assert llm.gguf_file("gemma3-270m").read_bytes() == content
