@@ -113,6 +113,14 @@ def test_gemma3_resolves_to_the_file_its_package_assembles(tmp_path, monkeypatch
     assert llm.gguf_file("gemma3-270m").read_bytes() == content
 
 
+def test_published_cards_name_the_hub_id_of_a_named_model_and_no_local_file():
+    from reclora_pipeline.serving.publish import public_model_id
+
+    assert public_model_id("gemma3-270m") == "google/gemma-3-270m"
+    assert public_model_id("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert public_model_id("model.Q4_K_M.gguf") is None
+
+
 @pytest.mark.skipif(importlib.util.find_spec(llm.GEMMA3_MODULE) is None, reason="the optional 'gemma' extra")
 def test_gemma3_270m_is_a_gemma3_text_model_with_query_value_projections():
     architecture = architecture_of("gemma3-270m")

