@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -142,7 +142,8 @@ class RecLoraModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: RecLoraConfig, model_config: dict) -> RecLoraConfig:
         if peft_config.target_modules is None:
-            target_modules = default_target_modules(self.model, model_config.get("model_type"))
+            module_names = (name for name, _ in self.model.named_modules())
+            target_modules = default_target_modules(module_names, model_config.get("model_type"))
             peft_config.target_modules = target_modules if isinstance(target_modules, str) else set(target_modules)
         return peft_config
 
@@ -327,13 +328,14 @@ class RecLoraModel(BaseTuner):
         export_personalized_lora(self, crm_embeds, save_directory, adapter_name=adapter_name)
 
 
-def default_target_modules(model: nn.Module, model_type: Optional[str]) -> Union[list[str], str]:
+def default_target_modules(module_names: Iterable[str], model_type: Optional[str]) -> Union[list[str], str]:
     """The modules ``target_modules=None`` adapts: the query/value projections PEFT's LoRA map names for
-    ``model_type``, else the first attention-projection naming in ``FALLBACK_TARGET_MODULES`` that ``model`` has."""
+    ``model_type``, else the first attention-projection naming in ``FALLBACK_TARGET_MODULES`` among the model's
+    ``module_names``."""
     mapped = TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING.get(model_type)
     if mapped is not None:
         return mapped
-    suffixes = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    suffixes = {name.rsplit(".", 1)[-1] for name in module_names}
     for candidate in FALLBACK_TARGET_MODULES:
         if set(candidate) <= suffixes:
             return list(candidate)

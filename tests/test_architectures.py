@@ -134,9 +134,21 @@ def test_the_conv1d_adapter_is_x_a_b_whatever_the_weight_layout():
 
 
 def test_an_unknown_architecture_gets_its_fused_projection_or_a_clear_error():
-    fused = torch.nn.Module()
-    fused.attn = torch.nn.Module()
-    fused.attn.query_key_value = torch.nn.Linear(4, 12)
+    fused = ["model", "model.layers.0.attn", "model.layers.0.attn.query_key_value", "model.layers.0.attn.dense"]
     assert default_target_modules(fused, "some-new-model") == ["query_key_value"]
+    assert default_target_modules(fused, "phi3") == ["qkv_proj"]  # a mapped type takes the map's names
     with pytest.raises(ValueError, match="model_type 'some-new-model'.*Pass target_modules explicitly"):
-        default_target_modules(torch.nn.Linear(4, 4), "some-new-model")
+        default_target_modules(["model", "model.layers.0.mixer.in_proj"], "some-new-model")
+
+
+def test_the_config_check_sees_what_target_modules_none_will_adapt():
+    """The pipeline's config-only check (before a run writes anything) refuses an architecture RecLoRA has no default
+    for, and accepts Phi-3's fused projection."""
+    from reclora_pipeline.architecture import Architecture, adapter_target_problem
+
+    phi3 = Architecture(("model.layers.0.self_attn.qkv_proj",), ("qkv_proj",), 1, "phi3")
+    assert adapter_target_problem(reclora_config(target_modules=None), phi3) is None
+    mapped_but_absent = Architecture(("model.layers.0.self_attn.q_proj",), ("q_proj",), 1, "phi3")
+    assert "match no module" in adapter_target_problem(reclora_config(target_modules=None), mapped_but_absent)
+    unknown = Architecture(("model.layers.0.mixer.in_proj",), ("in_proj",), 1, "some-new-model")
+    assert "Pass target_modules explicitly" in adapter_target_problem(reclora_config(target_modules=None), unknown)

@@ -5,6 +5,7 @@ names before a run writes anything, in well under a second.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -12,12 +13,13 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a PEFT config is matched against: every module name, the names of the Linear modules' last parts, and the
-    number of decoder layers (``None`` when the config does not say)."""
+    """What a PEFT config is matched against: every module name, the names of the Linear modules' last parts, the
+    number of decoder layers (``None`` when the config does not say) and the config's ``model_type``."""
 
     module_names: tuple
     linear_suffixes: tuple
     num_layers: Optional[int]
+    model_type: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,7 +43,7 @@ def architecture_of(base_model: str) -> Architecture:
                      if isinstance(module, (torch.nn.Linear, Conv1D))})
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return Architecture(tuple(name for name in modules if name), tuple(linear),
-                        getattr(text_config, "num_hidden_layers", None))
+                        getattr(text_config, "num_hidden_layers", None), getattr(config, "model_type", None))
 
 
 def _config_of(base_model: str):
@@ -77,6 +79,15 @@ def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[
             return (f"layers_to_transform {outside} is not a layer of the base model (its layers are 0 to "
                     f"{architecture.num_layers - 1})")
     targets = getattr(peft_config, "target_modules", None)
+    if targets is None and getattr(peft_config, "peft_type", None) == "RECLORA":
+        from peft_reclora.model import default_target_modules
+
+        try:  # what RecLoRA's injection will pick, so that the check below sees it
+            targets = default_target_modules(architecture.module_names, architecture.model_type)
+        except ValueError as error:
+            return str(error)
+        peft_config = copy.copy(peft_config)
+        peft_config.target_modules = targets if isinstance(targets, str) else set(targets)
     if targets is None or targets == "all-linear":
         return None
     if not any(check_target_module_exists(peft_config, name) for name in architecture.module_names):
