@@ -152,3 +152,16 @@ def test_the_config_check_sees_what_target_modules_none_will_adapt():
     assert "match no module" in adapter_target_problem(reclora_config(target_modules=None), mapped_but_absent)
     unknown = Architecture(("model.layers.0.mixer.in_proj",), ("in_proj",), 1, "some-new-model")
     assert "Pass target_modules explicitly" in adapter_target_problem(reclora_config(target_modules=None), unknown)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "phi3"])
+def test_a_users_exported_lora_computes_the_adapted_model(model_type, tmp_path):
+    """Export folds one user's gate into a plain LoRA, also on fused and Conv1D projections."""
+    model = make_reclora(model_type)
+    input_ids, mask, crm = inputs()
+    model.base_model.export_personalized_lora(crm[:1], str(tmp_path))
+    lora = PeftModel.from_pretrained(make_model(model_type), tmp_path).eval()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids[:1], attention_mask=mask[:1], crm_embeds=crm[:1]).logits
+        got = lora(input_ids=input_ids[:1], attention_mask=mask[:1]).logits
+    assert torch.allclose(got, expected, atol=1e-5)
