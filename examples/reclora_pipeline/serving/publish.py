@@ -77,14 +77,16 @@ def push_recommender(recommender, repo_id: str, *, private: bool = False, revisi
 
 # -- the model card ----------------------------------------------------------------------------------------------------
 def public_model_id(base_model: str) -> Optional[str]:
-    """The Hub id a base model is known by: the embedded SmolLM2's id, a Hub id as it is, ``None`` for a local
-    folder (its path means nothing elsewhere; ``--base-model`` records an id instead)."""
-    from ..llm import EMBEDDED_HUB_ID, is_embedded
+    """The Hub id a base model is known by: the named models' ids, a Hub id as it is, ``None`` for a local folder or
+    .gguf file (its path means nothing elsewhere; ``--base-model`` records an id instead)."""
+    from ..llm import EMBEDDED_HUB_ID, GEMMA3_HUB_ID, is_embedded, is_gemma3, is_gguf_path
 
     if is_embedded(base_model):
         return EMBEDDED_HUB_ID
+    if is_gemma3(base_model):
+        return GEMMA3_HUB_ID
     text = str(base_model)
-    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+    if is_gguf_path(text) or Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
         return None
     return text
 
