@@ -83,13 +83,18 @@ def personalized_lora_config(tuner: "RecLoraModel", weights: dict, adapter_name:
     ``modules_to_save``."""
     from peft import LoraConfig
 
+    from transformers.pytorch_utils import Conv1D
+
     config = tuner.peft_config[adapter_name]
     rank = next(iter(weights.values()))[0].shape[0]
+    # GPT-2-style Conv1D layers store their weight as (in, out); LoRA must be told so (it would warn and correct it).
+    transposed = all(isinstance(tuner.model.get_submodule(name).get_base_layer(), Conv1D) for name in weights)
     return LoraConfig(
         r=rank,
         lora_alpha=rank,
         lora_dropout=0.0,
         bias="none",
+        fan_in_fan_out=transposed,
         target_modules=sorted(weights),
         modules_to_save=sorted(personalized_modules_to_save(tuner, adapter_name)) or None,
         task_type=config.task_type,
