@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import transformers
+from conftest import make_tiny_llama
 
 from reclora_pipeline.cli import build_parser, run_config
 from reclora_pipeline.trainer import training_arguments, training_arguments_problem
@@ -15,8 +16,10 @@ def _checkpointing_on(arguments) -> bool:
 
 
 def test_gradient_checkpointing_flag_reaches_the_installed_training_arguments(tmp_path):
-    training = dict(run_config(build_parser().parse_args(["run", "--out", "unused", "--gradient-checkpointing"]))
-                    .tune.training)
+    base = tmp_path / "base"  # a local model folder: the run config is checked against its architecture
+    make_tiny_llama().save_pretrained(base)
+    flags = ["run", "--out", str(tmp_path / "out"), "--base-model", str(base), "--gradient-checkpointing"]
+    training = dict(run_config(build_parser().parse_args(flags)).tune.training)
     assert training.get("activation_checkpointing") is True
     assert training_arguments_problem(training) is None
     assert _checkpointing_on(training_arguments(training, tmp_path, num_samples=8, progress=False))
