@@ -370,3 +370,16 @@ def test_a_hub_id_is_known_by_its_commit(tmp_path, monkeypatch):
     assert base_model_identity("someone/tiny-llm") == f"hub:someone/tiny-llm@{'b' * 40}"
     with pytest.raises(UnknownBaseModel, match="'someone/unknown' is not a local folder"):
         base_model_identity("someone/unknown")
+
+
+def test_finished_files_get_the_mode_an_ordinary_write_gives(tmp_path):
+    """Atomic writes stage in a mkstemp file (owner-only); the finished file must not stay unreadable to the group."""
+    import os
+    import stat
+
+    from reclora_pipeline.artifacts import write_json_atomically
+
+    umask = os.umask(0)
+    os.umask(umask)
+    written = write_json_atomically(tmp_path / "results.json", {"auc": 0.5})
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask

@@ -112,6 +112,12 @@ def safe_name(name: str) -> str:
 
 
 # -- atomic files ------------------------------------------------------------------------------------------------------
+# mkstemp creates its file readable by its owner only; a finished file gets the mode an ordinary open() would give it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 @contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename, on failure it goes."""
@@ -119,6 +125,7 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(staging, FILE_MODE)
     try:
         yield Path(staging)
         os.replace(staging, path)
