@@ -10,15 +10,15 @@ to be named; one that is not installed is left out.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from .artifacts import sha256_of_file
+
 # Distributions whose versions a run records (by their PyPI names), besides Python and peft-reclora.
 RECORDED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "torch-rechub", "bitsandbytes")
-CHUNK = 1 << 20
 
 
 def package_versions() -> dict:
@@ -34,18 +34,10 @@ def package_versions() -> dict:
     return versions
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dataset_files(folder: Path, stamp: list) -> list:
     """[{"path", "bytes", "sha256"}] of the files of ``stamp`` (the data stage's ``source_stamp``: relative path, size,
     mtime), hashed once each."""
-    return [{"path": name, "bytes": int(size), "sha256": file_sha256(Path(folder) / name)} for name, size, _ in stamp]
+    return [{"path": name, "bytes": int(size), "sha256": sha256_of_file(Path(folder) / name)} for name, size, _ in stamp]
 
 
 def run_provenance(data_config) -> dict:

@@ -141,14 +141,14 @@ def meta_lora(
     if mixing not in MIXING_MODES:
         raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
     check_base_shapes(x, lora_B.shape[0], base_weight, base_bias, base_output)
-    if autocast_active(x.device):
-        # Cast once to the dtype autocast gives a linear layer, then keep autocast out of the backend's own ops.
-        x = x.to(compute_dtype(x))
-        with autocast_disabled(x.device):
-            return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias,
-                             base_output, backend)
-    return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output,
-                     backend)
+    if not autocast_active(x.device):
+        return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias,
+                         base_output, backend)
+    # Cast once to the dtype autocast gives a linear layer, then keep autocast out of the backend's own ops.
+    x = x.to(compute_dtype(x))
+    with autocast_disabled(x.device):
+        return _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias,
+                         base_output, backend)
 
 
 def _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output, backend):
