@@ -189,6 +189,42 @@ def load_tokenizer(name_or_path: Optional[str] = None):
     return tokenizer
 
 
+def process_device() -> str:
+    """The device this process owns: ``cuda:<LOCAL_RANK>`` under a launcher (torchrun, accelerate) on a GPU machine,
+    ``cuda`` for a single GPU process, else ``cpu``. A quantized base is placed there when it loads (bitsandbytes
+    weights cannot be moved afterwards), so every process of a multi-GPU run gets its own GPU, never all GPU 0."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return "cuda"
+    index = int(local_rank)
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK={index}, but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                           "start at most one process per GPU")
+    return f"cuda:{index}"
+
+
+def quantization_config(quantization: Optional[str], compute_dtype: torch.dtype):
+    """transformers' ``BitsAndBytesConfig`` for ``quantization`` ("8bit", "4bit"), or None for "none"/None. 4-bit
+    is NF4 with double quantization (QLoRA's recipe) and computes in ``compute_dtype``."""
+    if quantization in (None, "none"):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    raise ValueError(f"llm.quantization must be 'none', '8bit' or '4bit', got {quantization!r}")
+
+
+def is_quantized(model) -> bool:
+    """Whether ``model`` carries bitsandbytes weights (8- or 4-bit)."""
+    return bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False))
+
+
 def load_base_model(
     name_or_path: Optional[str] = None,
     dtype: Optional[torch.dtype] = None,
@@ -200,8 +236,10 @@ def load_base_model(
     Args:
         name_or_path: ``None`` or ``"embedded"`` for the embedded SmolLM2-135M-Instruct, ``"gemma3-270m"`` (the
             ``gemma`` extra), a local ``.gguf`` file, a Hub id or a local folder.
-        dtype: torch dtype of the weights (default: fp32 on CPU, bf16 on CUDA).
-        quantization: ``None``, ``"8bit"`` or ``"4bit"`` (bitsandbytes; the paper used 8-bit).
+        dtype: torch dtype of the weights, and the compute dtype of a quantized base (default: fp32 on CPU, bf16 on
+            CUDA).
+        quantization: ``None``/``"none"``, ``"8bit"`` or ``"4bit"`` (bitsandbytes; the paper used 8-bit). A quantized
+            base loads onto this process's device (:func:`process_device`) unless ``device_map`` says otherwise.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).
     """
     from transformers import AutoModelForCausalLM
@@ -210,19 +248,11 @@ def load_base_model(
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     kwargs = {"dtype": dtype}
-    if quantization is not None:
-        from transformers import BitsAndBytesConfig
-
-        if quantization == "8bit":
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        elif quantization == "4bit":
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-            )
-        else:
-            raise ValueError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}")
+    bnb_config = quantization_config(quantization, dtype)
+    if bnb_config is not None:
+        kwargs["quantization_config"] = bnb_config
         if device_map is None:
-            device_map = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
+            device_map = {"": process_device()}
     if device_map is not None:
         kwargs["device_map"] = device_map
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
