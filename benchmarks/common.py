@@ -288,10 +288,10 @@ def start_notes(device: torch.device) -> tuple[list, Optional[str]]:
 # adapter implementations compared against (same math as RecLoRA's mixing="output" unless named "published")
 
 
-def expert_views(lora_A: torch.Tensor, lora_B: torch.Tensor, num_experts: int):
-    """Per-expert views of the concatenated banks: A (N, r, d_in), B (d_out, N, r)."""
-    rank = lora_A.shape[0] // num_experts
-    return lora_A.view(num_experts, rank, -1), lora_B.view(lora_B.shape[0], num_experts, rank)
+def meta_lora_views(lora_A: torch.Tensor, lora_B: torch.Tensor, num_meta_loras: int):
+    """Per-meta-LoRA views of the concatenated banks: A (N, r, d_in), B (d_out, N, r)."""
+    rank = lora_A.shape[0] // num_meta_loras
+    return lora_A.view(num_meta_loras, rank, -1), lora_B.view(lora_B.shape[0], num_meta_loras, rank)
 
 
 def rows_gate(gate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -300,20 +300,20 @@ def rows_gate(gate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return gate.repeat_interleave(rows, dim=0)
 
 
-def naive_expert_loop(x, weight, bias, lora_A, lora_B, gate, scaling, num_experts):
-    """Base plus one (shrink, expand) pair per expert, each over all rows and weighted by the row's gate."""
-    A, B = expert_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_experts)
+def naive_expert_loop(x, weight, bias, lora_A, lora_B, gate, scaling, num_meta_loras):
+    """Base plus one (shrink, expand) pair per meta-LoRA, each over all rows and weighted by the row's gate."""
+    A, B = meta_lora_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_meta_loras)
     x2 = x.reshape(-1, x.shape[-1])
     g = rows_gate(gate.to(x.dtype), x) * scaling
     out = F.linear(x2, weight, bias)
-    for k in range(num_experts):
+    for k in range(num_meta_loras):
         out = out + g[:, k : k + 1] * ((x2 @ A[k].t()) @ B[:, k].t())
     return out.view(*x.shape[:-1], -1)
 
 
-def merged_per_sample(x, weight, bias, lora_A, lora_B, gate, scaling, num_experts):
+def merged_per_sample(x, weight, bias, lora_A, lora_B, gate, scaling, num_meta_loras):
     """Per-sample weight W_b = W + s sum_k g_bk B_k A_k (batch x d_out x d_in), then one batched GEMM."""
-    A, B = expert_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_experts)
+    A, B = meta_lora_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_meta_loras)
     delta = torch.einsum("bk,okr,kri->boi", gate.to(x.dtype) * scaling, B, A)
     merged = weight.unsqueeze(0) + delta
     x3 = x.reshape(x.shape[0], -1, x.shape[-1])
@@ -323,10 +323,10 @@ def merged_per_sample(x, weight, bias, lora_A, lora_B, gate, scaling, num_expert
     return out.view(*x.shape[:-1], -1)
 
 
-def published_weight_mixing(x, weight, bias, lora_A, lora_B, gate, scaling, num_experts):
+def published_weight_mixing(x, weight, bias, lora_A, lora_B, gate, scaling, num_meta_loras):
     """The published RecLoRA code: per-sample A_p = sum_k g_k A_k and B_p = sum_k g_k B_k, then two bmm
     (mixing="weights" math)."""
-    A, B = expert_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_experts)
+    A, B = meta_lora_views(lora_A.to(x.dtype), lora_B.to(x.dtype), num_meta_loras)
     g = gate.to(x.dtype)
     A_p = torch.einsum("bk,kri->bir", g, A)  # (batch, d_in, r)
     B_p = torch.einsum("bk,okr->bro", g, B)  # (batch, r, d_out)
@@ -352,20 +352,20 @@ class GateHolder:
 class BaselineAdapterLinear(nn.Module):
     """A frozen linear layer plus a meta-LoRA bank computed by one of ``BASELINES`` (for end-to-end runs)."""
 
-    def __init__(self, base: nn.Linear, kind: str, holder: GateHolder, num_experts: int, rank: int, scaling: float,
+    def __init__(self, base: nn.Linear, kind: str, holder: GateHolder, num_meta_loras: int, rank: int, scaling: float,
                  dtype: torch.dtype):
         super().__init__()
         self.base, self.kind, self.holder = base, kind, holder
-        self.num_experts, self.scaling = num_experts, scaling
+        self.num_meta_loras, self.scaling = num_meta_loras, scaling
         device = base.weight.device
-        total = num_experts * rank
+        total = num_meta_loras * rank
         self.lora_A = nn.Parameter(torch.randn(total, base.in_features, device=device, dtype=dtype) / base.in_features**0.5)
         self.lora_B = nn.Parameter(0.01 * torch.randn(base.out_features, total, device=device, dtype=dtype))
 
     def forward(self, x):
         return BASELINES[self.kind](
             x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.holder.gate, self.scaling,
-            self.num_experts,
+            self.num_meta_loras,
         )
 
 

@@ -19,6 +19,7 @@ from .peft_type import ensure_reclora_peft_type  # noqa: E402
 
 ensure_reclora_peft_type()
 
+from .adapter_folder import check_adapter_folder  # noqa: E402
 from .config import RecLoraConfig  # noqa: E402
 from .export import export_personalized_lora, personalized_lora_model, personalized_lora_weights  # noqa: E402
 from .gate import RecLoraGate  # noqa: E402
@@ -38,6 +39,7 @@ __all__ = [
     "RecLoraLayer",
     "RecLoraModel",
     "RecLoraNotRegisteredError",
+    "check_adapter_folder",
     "explain_missing_registration",
     "export_personalized_lora",
     "fsdp_auto_wrap_policy",

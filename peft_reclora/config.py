@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
+from .ops import BACKENDS, MIXING_MODES
 from .peft_type import ensure_reclora_peft_type
 
 GATE_SHARING_MODES = ("shared", "per_module")
-MIXING_MODES = ("output", "weights")
-KERNEL_BACKENDS = ("auto", "torch", "triton", "reference")
 
 
 @dataclass
@@ -48,7 +45,7 @@ class RecLoraConfig(PeftConfig):
             ``"weights"``: (sum_k alpha_k A_k)(sum_k alpha_k B_k) as in the published code (rank up to r, squared
             weights and cross terms). Only for reproducing that code.
         kernel_backend (`str`): ``"auto"`` (Triton on CUDA, else fused PyTorch), ``"torch"``, ``"triton"`` or
-            ``"reference"`` (per-expert loop, for debugging). The environment variable ``PEFT_RECLORA_BACKEND``
+            ``"reference"`` (per-meta-LoRA loop, for debugging). The environment variable ``PEFT_RECLORA_BACKEND``
             overrides ``"auto"``.
         target_modules (`Union[list[str], str]`): Names (suffix match) or a regex of the modules to adapt. ``None``
             picks the query/value projections of the architecture (``q_proj``/``v_proj`` for Llama-style models).
@@ -133,8 +130,8 @@ class RecLoraConfig(PeftConfig):
             raise ValueError(f"RecLoraConfig.gate_sharing must be one of {GATE_SHARING_MODES}, got {self.gate_sharing!r}")
         if self.mixing not in MIXING_MODES:
             raise ValueError(f"RecLoraConfig.mixing must be one of {MIXING_MODES}, got {self.mixing!r}")
-        if self.kernel_backend not in KERNEL_BACKENDS:
-            raise ValueError(f"RecLoraConfig.kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
+        if self.kernel_backend not in BACKENDS:
+            raise ValueError(f"RecLoraConfig.kernel_backend must be one of {BACKENDS}, got {self.kernel_backend!r}")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("RecLoraConfig.layers_pattern needs RecLoraConfig.layers_to_transform as well")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
@@ -144,55 +141,13 @@ class RecLoraConfig(PeftConfig):
         """PEFT's config save, then this adapter's row in the RecLoRA section of the model card PEFT has just written
         next to it (``PeftModel.save_pretrained`` writes the card first, then each adapter's config)."""
         super().save_pretrained(save_directory, **kwargs)
+        # Local import: hub imports this module (it reads RecLoraConfig); the card hook is the one edge back.
         from .hub import add_adapter_to_card
 
         add_adapter_to_card(save_directory, self)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's config load. When PEFT reads the config to load the adapter's weights next (``PeftModel
-        .from_pretrained``, ``load_adapter``, ``AutoPeftModel*``) from a local folder that has no weights file, the error
-        names the folder and the file; PEFT would otherwise take the folder for a Hub repository id and fail with an
-        unrelated ``HFValidationError``."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
-        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder) and _called_to_load_weights():
-            check_weights_file(folder)
-        return config
-
-    @property
-    def scaling(self) -> float:
-        return self.lora_alpha / self.r
 
     @property
     def total_rank(self) -> int:
         """Rank slots of one concatenated bank, num_meta_loras * r."""
         return self.num_meta_loras * self.r
 
-
-WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def check_weights_file(folder) -> None:
-    """Raise FileNotFoundError naming ``folder`` and the expected file when it holds no adapter weights."""
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_FILES):
-        raise FileNotFoundError(
-            f"The RecLoRA adapter folder {os.fspath(folder)!r} has adapter_config.json but no weights file: expected "
-            f"{WEIGHTS_FILES[0]} (or {WEIGHTS_FILES[1]}) next to it. Save the adapter with "
-            "model.save_pretrained(folder), or copy the weights file into the folder."
-        )
-
-
-def _called_to_load_weights(depth: int = 4) -> bool:
-    """Whether PEFT's adapter loading (which reads the weights right after the config) is among the callers."""
-    from peft import PeftModel
-
-    loaders = {PeftModel.load_adapter.__code__, PeftModel.from_pretrained.__func__.__code__}
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return False
-        if frame.f_code in loaders:
-            return True
-        frame = frame.f_back
-    return False

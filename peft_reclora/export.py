@@ -18,9 +18,11 @@ import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .base_weights import check_same_base
 from .crm_context import validate_crm_embeds
@@ -81,10 +83,6 @@ def personalized_modules_to_save(tuner: "RecLoraModel", adapter_name: str = "def
 def personalized_lora_config(tuner: "RecLoraModel", weights: dict, adapter_name: str = "default"):
     """The ``LoraConfig`` of an exported user: rank of the folded update, scaling 1, the same target modules and
     ``modules_to_save``."""
-    from peft import LoraConfig
-
-    from transformers.pytorch_utils import Conv1D
-
     config = tuner.peft_config[adapter_name]
     rank = next(iter(weights.values()))[0].shape[0]
     # GPT-2-style Conv1D layers store their weight as (in, out); LoRA must be told so (it would warn and correct it).
@@ -154,8 +152,6 @@ def personalized_lora_model(
     non-empty strings that PEFT can hold as one (see ``check_user_names``). ``base_model`` must hold the same weights
     as the RecLoRA model's base (``base_weights.check_same_base``), unless ``allow_other_base``.
     """
-    from peft import get_peft_model, set_peft_model_state_dict
-
     tuner = getattr(reclora_model, "base_model", reclora_model)
     check_same_base(base_model, tuner.model, allow_other_base)
     if isinstance(crm_embeds, torch.Tensor) and crm_embeds.dim() == 1:

@@ -16,6 +16,11 @@ import os
 import tempfile
 from typing import Optional, Union
 
+from huggingface_hub import HfApi, ModelCard
+
+from .config import RecLoraConfig
+from .tags import MODEL_TAGS
+
 SECTION_MARKER = "<!-- reclora-adapter-card -->"
 SECTION_END = "<!-- /reclora-adapter-card -->"
 SOURCE_PLACEHOLDER = "<this repository or folder>"
@@ -27,12 +32,10 @@ INSTALL_HINT = "install peft_reclora from its repository, e.g. `pip install -e <
 
 
 def _reclora_configs(peft_model) -> dict:
-    from .config import RecLoraConfig
-
     return {name: cfg for name, cfg in getattr(peft_model, "peft_config", {}).items() if isinstance(cfg, RecLoraConfig)}
 
 
-def _row(adapter_name: str, cfg) -> str:
+def _row(adapter_name: str, cfg: RecLoraConfig) -> str:
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else ", ".join(sorted(cfg.target_modules or []))
     return (
         f"| {adapter_name} | {cfg.num_meta_loras} | {cfg.r} | {cfg.lora_alpha} | {cfg.crm_dim} | {cfg.gate_hidden_dim} "
@@ -40,7 +43,7 @@ def _row(adapter_name: str, cfg) -> str:
     )
 
 
-def _section(rows: list[str], cfg, source: Optional[str] = None) -> str:
+def _section(rows: list[str], cfg: RecLoraConfig, source: Optional[str] = None) -> str:
     base = cfg.base_model_name_or_path or "<base model>"
     return "\n".join(
         [
@@ -103,23 +106,17 @@ def _card_for(save_directory) -> Optional[tuple[str, str]]:
         (os.path.join(os.path.dirname(folder), "README.md"), os.path.basename(folder)),
     ):
         if os.path.isfile(readme):
-            from huggingface_hub import ModelCard
-
             card = ModelCard.load(readme)
             if card.data.get("library_name") == "peft":
                 return readme, adapter_name
     return None
 
 
-def add_adapter_to_card(save_directory, config) -> None:
+def add_adapter_to_card(save_directory, config: RecLoraConfig) -> None:
     """Add (or refresh) ``config``'s row in the RecLoRA section of the PEFT card its adapter is saved with."""
     found = _card_for(save_directory)
     if found is None:
         return
-    from huggingface_hub import ModelCard
-
-    from .model import MODEL_TAGS
-
     readme, adapter_name = found
     card = ModelCard.load(readme)
     card.data["library_name"] = "peft"
@@ -163,8 +160,6 @@ def push_to_hub(
     (``safe_serialization``, ``selected_adapters``, ``save_embedding_layers``, ...), which are passed to it unchanged.
     Returns the commit info of ``HfApi.upload_folder``.
     """
-    from huggingface_hub import HfApi, ModelCard
-
     if not _reclora_configs(model):
         raise ValueError("peft_reclora.push_to_hub uploads models holding a RecLoRA adapter; use model.push_to_hub")
     api = HfApi()

@@ -63,7 +63,6 @@ class RecLoraLayer(BaseTunerLayer):
         self.out_features = out_features
 
     def update_layer(self, adapter_name: str, config: RecLoraConfig, inference_mode: bool = False) -> None:
-        total_rank = config.num_meta_loras * config.r
         self.r[adapter_name] = config.r
         self.lora_alpha[adapter_name] = config.lora_alpha
         self.scaling[adapter_name] = config.lora_alpha / config.r
@@ -71,8 +70,8 @@ class RecLoraLayer(BaseTunerLayer):
         self.mixing[adapter_name] = config.mixing
         self.kernel_backend[adapter_name] = config.kernel_backend
         self.reclora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        self.reclora_A[adapter_name] = nn.Parameter(torch.empty(total_rank, self.in_features))
-        self.reclora_B[adapter_name] = nn.Parameter(torch.empty(self.out_features, total_rank))
+        self.reclora_A[adapter_name] = nn.Parameter(torch.empty(config.total_rank, self.in_features))
+        self.reclora_B[adapter_name] = nn.Parameter(torch.empty(self.out_features, config.total_rank))
         if config.gate_sharing == "per_module":
             gate = RecLoraGate(
                 config.crm_dim, config.gate_hidden_dim, config.num_meta_loras, config.temperature, config.gate_dropout
@@ -85,7 +84,7 @@ class RecLoraLayer(BaseTunerLayer):
 
     def reset_reclora_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
         """A_k Kaiming-uniform per meta-LoRA (every A_k has fan-in d_in, so one call over the concatenated bank draws
-        each expert from exactly the distribution of a plain LoRA A), B zero so the adapter starts as a no-op."""
+        each A_k from exactly the distribution of a plain LoRA A), B zero so the adapter starts as a no-op."""
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.reclora_A[adapter_name], a=math.sqrt(5))
             if init_weights:

@@ -25,10 +25,12 @@ from .crm_context import (
     capture_crm_embeds_hook,
     finish_call_hook,
 )
+from .export import export_personalized_lora
 from .gate import RecLoraGate
 from .layer import MERGE_ERROR, Linear, RecLoraLayer
 from .saving import check_tensors_to_save
 from .sharding import gathered
+from .tags import MODEL_TAGS
 
 # RecLoRA adapts the attention query/value projections, like LoRA's defaults; PEFT's map lacks the architectures whose
 # query, key and value share one fused projection (Phi-3) and Gemma 3's multimodal wrapper, whose text decoder
@@ -41,7 +43,6 @@ TRANSFORMERS_MODELS_TO_RECLORA_TARGET_MODULES_MAPPING = {
 # For a model type neither map knows: the first of these attention-projection namings the model has (separate q/v,
 # fused as in Phi-3, fused as in GPT-NeoX/Falcon/BLOOM, fused as in GPT-2, fused as in MPT).
 FALLBACK_TARGET_MODULES = (["q_proj", "v_proj"], ["qkv_proj"], ["query_key_value"], ["c_attn"], ["Wqkv"])
-MODEL_TAGS = ["reclora", "recommendation"]
 
 
 def _is_supported_base(module: nn.Module) -> bool:
@@ -332,8 +333,6 @@ class RecLoraModel(BaseTuner):
 
         See ``peft_reclora.export.export_personalized_lora``.
         """
-        from .export import export_personalized_lora
-
         export_personalized_lora(self, crm_embeds, save_directory, adapter_name=adapter_name)
 
 

@@ -14,6 +14,8 @@ from typing import Iterator
 from peft import mapping
 from peft.utils import register_peft_method
 
+from .config import RecLoraConfig
+from .model import RecLoraModel
 from .peft_type import RECLORA, ensure_reclora_peft_type
 
 METHOD_NAME = "reclora"
@@ -33,9 +35,6 @@ class RecLoraNotRegisteredError(KeyError):
 
 def register() -> None:
     """Idempotent: a second call (re-import, ``importlib.reload``) re-points PEFT's tables at the current classes."""
-    from .config import RecLoraConfig
-    from .model import RecLoraModel
-
     peft_type = ensure_reclora_peft_type()
     if peft_type in mapping.PEFT_TYPE_TO_CONFIG_MAPPING:
         mapping.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = RecLoraConfig

@@ -27,9 +27,9 @@ def _plain(key: str) -> str:
 
 def gate_shapes(config: RecLoraConfig) -> dict[str, tuple]:
     """Shape of each gate parameter, by parameter name."""
-    hidden, width, experts = config.gate_hidden_dim, config.crm_dim, config.num_meta_loras
+    hidden, width, num_meta_loras = config.gate_hidden_dim, config.crm_dim, config.num_meta_loras
     return {"fc1_weight": (hidden, width), "fc1_bias": (hidden,), "norm_weight": (hidden,), "norm_bias": (hidden,),
-            "fc2_weight": (experts, hidden), "fc2_bias": (experts,)}
+            "fc2_weight": (num_meta_loras, hidden), "fc2_bias": (num_meta_loras,)}
 
 
 def expected_tensor_shapes(model: nn.Module, config: RecLoraConfig, adapter_name: str) -> dict[str, tuple]:

@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 from peft.utils.integrations import gather_params_ctx
+from peft.utils.other import fsdp_auto_wrap_policy as peft_fsdp_auto_wrap_policy
+
+from .gate import RecLoraGate
+from .layer import RecLoraLayer
 
 
 @contextlib.contextmanager
@@ -39,11 +43,8 @@ def fsdp_auto_wrap_policy(model: nn.Module):
         >>> from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         >>> model = FSDP(model, auto_wrap_policy=peft_reclora.fsdp_auto_wrap_policy(model), use_orig_params=True)
     """
-    from peft.utils.other import fsdp_auto_wrap_policy as peft_policy
+    # torch.distributed.fsdp is missing from PyTorch builds without distributed support; only FSDP users get here.
     from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy
-
-    from .gate import RecLoraGate
-    from .layer import RecLoraLayer
 
     base_layers = {id(module.base_layer) for module in model.modules() if isinstance(module, RecLoraLayer)}
 
@@ -51,4 +52,4 @@ def fsdp_auto_wrap_policy(model: nn.Module):
         return isinstance(module, (RecLoraLayer, RecLoraGate)) or id(module) in base_layers
 
     reclora_policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=own_unit)
-    return functools.partial(_or_policy, policies=[peft_policy(model), reclora_policy])
+    return functools.partial(_or_policy, policies=[peft_fsdp_auto_wrap_policy(model), reclora_policy])

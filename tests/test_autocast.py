@@ -1,5 +1,5 @@
 """RecLoRA under ``torch.autocast``: every backend computes in the autocast dtype, as ``nn.Linear`` does there, and its
-gradients match the float64 per-expert reference within that dtype's tolerance.
+gradients match the float64 per-meta-LoRA reference within that dtype's tolerance.
 
 The mixed-precision recipe is fp32 (or bf16) weights with a bf16/fp16 autocast region around the forward; the
 backward runs outside it. Triton runs through its CPU interpreter here, which computes float16 but not bfloat16

@@ -1,6 +1,7 @@
 import copy
 import json
 import pickle
+import typing
 import warnings
 
 import pytest
@@ -9,6 +10,8 @@ from peft import PeftConfig
 from peft.utils import PeftType
 
 from peft_reclora import RecLoraConfig
+from peft_reclora.config import GATE_SHARING_MODES
+from peft_reclora.ops import BACKENDS, MIXING_MODES
 
 
 def test_defaults_follow_the_paper():
@@ -19,7 +22,7 @@ def test_defaults_follow_the_paper():
     assert config.task_type == "CAUSAL_LM"
     assert config.gate_sharing == "shared" and config.mixing == "output"
     assert config.peft_type is PeftType.RECLORA
-    assert config.scaling == 2.0 and config.total_rank == 128
+    assert config.total_rank == 128
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,14 @@ def test_bad_values_raise_naming_the_field(field, value):
     kwargs = {"crm_dim": 8, field: value}
     with pytest.raises(ValueError, match=field):
         RecLoraConfig(**kwargs)
+
+
+def test_choice_fields_accept_the_names_their_owners_define():
+    """The Literal annotations (for readers and type checkers) list exactly the names validation accepts."""
+    hints = typing.get_type_hints(RecLoraConfig)
+    assert typing.get_args(hints["mixing"]) == MIXING_MODES
+    assert typing.get_args(hints["kernel_backend"]) == BACKENDS
+    assert typing.get_args(hints["gate_sharing"]) == GATE_SHARING_MODES
 
 
 def test_layers_pattern_needs_layers_to_transform():

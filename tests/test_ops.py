@@ -1,4 +1,4 @@
-"""Every meta-LoRA backend against the float64 per-expert reference, forward and backward.
+"""Every meta-LoRA backend against the float64 per-meta-LoRA reference, forward and backward.
 
 The Triton kernels run through Triton's CPU interpreter here (``TRITON_INTERPRET=1`` is set per test; the backend
 builds interpreted kernels for CPU tensors whatever was imported first), and compiled on CUDA when a GPU is present.
@@ -64,7 +64,7 @@ def _make_inputs(shape, base, dtype=torch.float32, device="cpu", seed=0):
 
 
 def _reference(tensors, num_meta_loras, scaling, mixing):
-    """Float64 per-expert loop plus the base, with autograd on every input."""
+    """Float64 per-meta-LoRA loop plus the base, with autograd on every input."""
     t = {name: value.detach().double().requires_grad_() for name, value in tensors.items()}
     out = meta_lora_reference(t["x"], t["lora_A"], t["lora_B"], t["gate"], scaling, num_meta_loras, mixing)
     if "base_weight" in t:

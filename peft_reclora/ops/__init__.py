@@ -8,7 +8,7 @@
 from the concatenated banks lora_A (N*r, d_in) and lora_B (d_out, N*r), optionally fused with the frozen base layer.
 
 Backends:
-- ``"reference"``: per-expert Python loop, the test oracle (slow);
+- ``"reference"``: per-meta-LoRA Python loop, the test oracle (slow);
 - ``"torch"``: fused PyTorch autograd Function (two GEMMs, any device);
 - ``"triton"``: custom GPU kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1`` for tests);
 - ``"auto"`` (default): Triton for float16/bfloat16 tensors on CUDA when Triton is installed, else fused PyTorch
@@ -31,7 +31,7 @@ from .reference import meta_lora_reference
 from .shapes import MIXING_MODES, check_meta_lora_shapes
 from .torch_fused import meta_lora_torch
 
-BACKENDS = ("auto", "torch", "triton", "reference")
+BACKENDS = ("auto", "torch", "triton", "reference")  # RecLoraConfig.kernel_backend takes these
 BACKEND_ENV_VAR = "PEFT_RECLORA_BACKEND"
 
 __all__ = [
@@ -47,10 +47,9 @@ __all__ = [
 
 
 def triton_available() -> bool:
-    try:
-        from . import triton_kernels  # noqa: F401
-    except ImportError:
-        return False
+    # Local import: loading Triton takes a while, and only a run that may pick the Triton backend needs it.
+    from . import triton_kernels
+
     return triton_kernels.is_available()
 
 
@@ -155,6 +154,7 @@ def _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_wei
     """Run the chosen backend on checked inputs; it computes in x's dtype."""
     chosen = resolve_backend(backend, x.device, x.dtype)
     if chosen == "triton":
+        # Local import: loading Triton takes a while, and only the Triton backend needs it.
         from .triton_kernels import meta_lora_triton
 
         return meta_lora_triton(

@@ -1,10 +1,10 @@
-"""Shape contract shared by every meta-LoRA backend."""
+"""The contract every meta-LoRA backend shares: the mixing modes it computes and the shapes of its inputs."""
 
 from __future__ import annotations
 
 import torch
 
-MIXING_MODES = ("output", "weights")
+MIXING_MODES = ("output", "weights")  # RecLoraConfig.mixing takes these; see the ops package docstring
 
 
 def check_meta_lora_shapes(
@@ -13,7 +13,7 @@ def check_meta_lora_shapes(
     """Raise a ValueError naming the offending tensor when the banks, the input and the gate do not fit together.
 
     Banks are concatenated along the rank axis: lora_A is (num_meta_loras * r, d_in) and lora_B is
-    (d_out, num_meta_loras * r); rank slot j belongs to expert j // r. The gate holds one row per sample of x.
+    (d_out, num_meta_loras * r); rank slot j belongs to meta-LoRA j // r. The gate holds one row per sample of x.
     """
     if lora_A.dim() != 2 or lora_B.dim() != 2:
         raise ValueError(f"lora_A and lora_B must be 2-D, got {tuple(lora_A.shape)} and {tuple(lora_B.shape)}")

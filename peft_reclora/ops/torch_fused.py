@@ -2,9 +2,9 @@
 intermediate, as a custom autograd Function.
 
 With the banks concatenated (A: (N*r, d_in), B: (d_out, N*r)) the adapter is one rank-N*r LoRA whose intermediate
-S = x A^T (T x N*r) is rescaled per (sample, expert) by the gate. Nothing loops over experts and no per-sample weight
-matrix is built. The Function saves only x, S (pre-gate, T x N*r: small), the gate and the weights, and computes every
-gradient (x, banks, gate, and the base weight/bias if they train) in one backward with cuBLAS GEMMs.
+S = x A^T (T x N*r) is rescaled per (sample, meta-LoRA) by the gate. Nothing loops over meta-LoRAs and no per-sample
+weight matrix is built. The Function saves only x, S (pre-gate, T x N*r: small), the gate and the weights, and computes
+every gradient (x, banks, gate, and the base weight/bias if they train) in one backward with cuBLAS GEMMs.
 
 Orderings (the measured cost unit is a pass over a T x d tensor, see the kernel notes):
 - ``base_weight`` given (plain Linear base): adapter first, Z = S' B^T (+ bias), then Z += x W^T via ``addmm_`` with
@@ -111,7 +111,7 @@ class MetaLoraFunction(torch.autograd.Function):
             S_mixed = _mix(S4, gate4, scaling, mixing).reshape(S.shape)
             grad_B = (dY.t() @ S_mixed).to(lora_B.dtype)
 
-        # Gate gradients are reduced in at least fp32: they sum T*r products per (sample, expert).
+        # Gate gradients are reduced in at least fp32: they sum T*r products per (sample, meta-LoRA).
         acc = torch.promote_types(compute_dtype, torch.float32)
         if mixing == "output":
             dS = dS_mixed4 * (gate4 * scaling)

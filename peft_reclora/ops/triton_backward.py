@@ -10,7 +10,7 @@ import triton.language as tl
 def grad_intermediate_kernel(
     dy_ptr, b_ptr, s_raw_ptr, gate_ptr,
     ds_ptr, gate_rows_ptr, s_mixed_ptr, grad_b_ptr,
-    num_rows, d_out, total_rank, num_experts, rank, rows_per_sample, scaling,
+    num_rows, d_out, total_rank, num_meta_loras, rank, rows_per_sample, scaling,
     stride_dym, stride_dyn, stride_bn, stride_br,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_RANK: tl.constexpr, MIX_WEIGHTS: tl.constexpr, GATE_GRAD: tl.constexpr, STORE_MIXED: tl.constexpr,
@@ -26,10 +26,10 @@ def grad_intermediate_kernel(
 
         output mixing:  dS = s g dS',  per-row gate partial P = s dS' S
         weights mixing: M = (S g) F F^T, dM = s (dS' g) F F^T, dS = g dM,  P = s dS' M + dM S
-                        (F[j, i] = [j % rank == i]: F sums the slots that share position i within an expert,
-                        F^T broadcasts the sum back to every expert)
+                        (F[j, i] = [j % rank == i]: F sums the slots that share position i within a meta-LoRA,
+                        F^T broadcasts the sum back to every meta-LoRA)
 
-    and stores dS (dS's dtype), the per-row, per-expert sums of P into gate_rows (fp32, (num_rows, num_experts);
+    and stores dS (dS's dtype), the per-row, per-meta-LoRA sums of P into gate_rows (fp32, (num_rows, num_meta_loras);
     the caller sums rows per sample) and, with STORE_MIXED, S' itself for a cuBLAS dB.
     """
     pid_m = tl.program_id(0)
@@ -40,7 +40,7 @@ def grad_intermediate_kernel(
     tile_ok = row_ok[:, None] & rank_ok[None, :]
     rank_offsets = offs_m[:, None] * total_rank + offs_r[None, :]
 
-    gate_offsets = (offs_m // rows_per_sample)[:, None] * num_experts + (offs_r // rank)[None, :]
+    gate_offsets = (offs_m // rows_per_sample)[:, None] * num_meta_loras + (offs_r // rank)[None, :]
     if MIX_WEIGHTS:
         offs_i = tl.arange(0, BLOCK_RANK)
         fold = (((offs_r[:, None] % rank) == offs_i[None, :]) & rank_ok[:, None]).to(tl.float32)
@@ -99,12 +99,12 @@ def grad_intermediate_kernel(
 
     if GATE_GRAD:
         offs_e = tl.arange(0, BLOCK_E)
-        expert_ok = offs_e < num_experts
-        # (BLOCK_R, BLOCK_E) 0/1 matrix: slot j belongs to expert j // rank.
-        slot_of_expert = ((offs_r[:, None] // rank) == offs_e[None, :]) & rank_ok[:, None] & expert_ok[None, :]
-        per_expert = tl.dot(gate_terms, slot_of_expert.to(tl.float32), input_precision="ieee")
+        meta_lora_ok = offs_e < num_meta_loras
+        # (BLOCK_R, BLOCK_E) 0/1 matrix: slot j belongs to meta-LoRA j // rank.
+        slot_of_meta_lora = ((offs_r[:, None] // rank) == offs_e[None, :]) & rank_ok[:, None] & meta_lora_ok[None, :]
+        per_meta_lora = tl.dot(gate_terms, slot_of_meta_lora.to(tl.float32), input_precision="ieee")
         tl.store(
-            gate_rows_ptr + offs_m[:, None] * num_experts + offs_e[None, :],
-            per_expert,
-            mask=row_ok[:, None] & expert_ok[None, :],
+            gate_rows_ptr + offs_m[:, None] * num_meta_loras + offs_e[None, :],
+            per_meta_lora,
+            mask=row_ok[:, None] & meta_lora_ok[None, :],
         )

@@ -13,7 +13,7 @@ import triton.language as tl
 
 def shrink_gate_kernel(
     x_ptr, a_ptr, gate_ptr, s_mixed_ptr, s_raw_ptr,
-    num_rows, d_in, total_rank, num_experts, rank, rows_per_sample, scaling, k_per_split,
+    num_rows, d_in, total_rank, num_meta_loras, rank, rows_per_sample, scaling, k_per_split,
     stride_xm, stride_xk, stride_ar, stride_ak,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_RANK: tl.constexpr,
     SPLIT_K: tl.constexpr, MIX_WEIGHTS: tl.constexpr, STORE_RAW: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -51,13 +51,13 @@ def shrink_gate_kernel(
         )
         acc = tl.dot(x_tile, a_tile.to(x_tile.dtype), acc, input_precision=DOT_PRECISION)
 
-    # Epilogue: per-row gate of the row's sample, expanded to rank slots (slot j belongs to expert j // rank).
+    # Epilogue: per-row gate of the row's sample, expanded to rank slots (slot j belongs to meta-LoRA j // rank).
     sample = offs_m // rows_per_sample
     tile_ok = row_ok[:, None] & rank_ok[None, :]
-    gate = tl.load(gate_ptr + sample[:, None] * num_experts + (offs_r // rank)[None, :], mask=tile_ok, other=0.0)
+    gate = tl.load(gate_ptr + sample[:, None] * num_meta_loras + (offs_r // rank)[None, :], mask=tile_ok, other=0.0)
     if MIX_WEIGHTS:
         # (sum_k g_k A_k)(sum_l g_l B_l): slot j receives g_{j // rank} * sum_k g_k S[:, k * rank + j % rank].
-        # The sum over experts and the broadcast back are two small products with the 0/1 matrix
+        # The sum over meta-LoRAs and the broadcast back are two small products with the 0/1 matrix
         # fold[j, i] = [j % rank == i] (BLOCK_R x BLOCK_RANK), cheaper in shared memory than one R x R matrix.
         offs_i = tl.arange(0, BLOCK_RANK)
         fold = ((offs_r[:, None] % rank) == offs_i[None, :]) & rank_ok[:, None]

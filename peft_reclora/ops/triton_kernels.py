@@ -1,15 +1,16 @@
 """Triton backend of the gate-weighted meta-LoRA: three kernels around cuBLAS, as one autograd Function.
 
-With the banks concatenated (A: (R, d_in), B: (d_out, R), R = num_meta_loras * r; rank slot j belongs to expert
-j // r) and T = batch * rows_per_sample input rows, the layer is y = x W^T + b + S' B^T with S = x A^T and
-S' = mix(gate, S) the gate applied per (sample, expert) to the narrow intermediate (see ``torch_fused._mix``).
-S is T x R (T=32768, R=128: 16 MB in fp32), so what costs time is the number of passes over the T x d tensors;
-the design keeps cuBLAS for the frozen base GEMM and adds as few passes as the adapter allows.
+With the banks concatenated (A: (R, d_in), B: (d_out, R), R = num_meta_loras * r; rank slot j belongs to meta-LoRA
+j // r, and the kernels' ``E`` axis (``BLOCK_E``, ``offs_e``) runs over the meta-LoRAs) and T = batch * rows_per_sample
+input rows, the layer is y = x W^T + b + S' B^T with S = x A^T and S' = mix(gate, S) the gate applied per (sample,
+meta-LoRA) to the narrow intermediate (see ``torch_fused._mix``). S is T x R (T=32768, R=128: 16 MB in fp32), so what
+costs time is the number of passes over the T x d tensors; the design keeps cuBLAS for the frozen base GEMM and adds as
+few passes as the adapter allows.
 
 Forward
   K1 ``shrink_gate`` (triton_forward): S' = mix(gate, x A^T). Grid (row blocks, SPLIT_K); each program owns all R
-     rank slots of its rows (BLOCK_R = next power of two >= R, so one program covers every expert and the gate can be
-     applied in its epilogue), reads its slice of x once and accumulates in fp32. When there are too few row blocks
+     rank slots of its rows (BLOCK_R = next power of two >= R, so one program covers every meta-LoRA and the gate can
+     be applied in its epilogue), reads its slice of x once and accumulates in fp32. When there are too few row blocks
      to fill the GPU (small T) the d_in reduction is split over SPLIT_K programs that add into a zeroed fp32
      workspace with atomics; the gate is linear in S, so it is applied to each partial before the add. For training
      it also keeps the pre-gate S (fp32) for the backward.
@@ -20,7 +21,7 @@ Forward
 Backward
   K3 ``grad_intermediate`` (triton_backward): one pass over dY per row block computes dS' = dY B entirely in
      registers (the row block loops over all of d_out, so no atomics), recomputes S' from the saved S and the gate,
-     and in its epilogue produces dS = d mix / dS (both mixing modes) and the per-row, per-expert gate-gradient
+     and in its epilogue produces dS = d mix / dS (both mixing modes) and the per-row, per-meta-LoRA gate-gradient
      partials (summed per sample by one small reduction). dB = dY^T S' either rides along in the same pass
      (per-tile partials added with fp32 atomics) or runs as one cuBLAS GEMM: the fused form issues
      R / BLOCK_M atomic adds per element of dY, which only pays while R is small next to BLOCK_M (R <= BLOCK_M / 4 by
@@ -124,7 +125,7 @@ class _Plan:
     expand: _Tiles
     grad: _Tiles
     block_r: int  # next power of two >= R (>= 16, the smallest tl.dot size): one program holds every rank slot
-    block_e: int  # next power of two >= num_experts (>= 16)
+    block_e: int  # next power of two >= num_meta_loras (>= 16)
     block_rank: int  # next power of two >= r (>= 16), for the weights-mode mixing
     split_k: int
     k_per_split: int
@@ -151,7 +152,7 @@ def _warps(block_m: int, block_cols: int, threshold: int = 64 * 128) -> int:
 
 
 def _plan(
-    num_rows: int, d_in: int, d_out: int, total_rank: int, num_experts: int, mixing: str, dtype: torch.dtype,
+    num_rows: int, d_in: int, d_out: int, total_rank: int, num_meta_loras: int, mixing: str, dtype: torch.dtype,
     gpu_sms: Optional[int],
 ) -> _Plan:
     """Tile sizes and split for one call. ``gpu_sms`` is the SM count of the CUDA device (``None``: interpreter).
@@ -203,8 +204,8 @@ def _plan(
         expand=_Tiles(expand_m, expand_n, _warps(expand_m, expand_n)),
         grad=_Tiles(grad_m, grad_n, _warps(grad_m, block_r, threshold=32 * 128)),
         block_r=block_r,
-        block_e=_next_power_of_2(num_experts),
-        block_rank=_next_power_of_2(total_rank // num_experts),
+        block_e=_next_power_of_2(num_meta_loras),
+        block_rank=_next_power_of_2(total_rank // num_meta_loras),
         split_k=split_k,
         k_per_split=k_per_split,
         fuse_grad_b=fuse_grad_b,
@@ -233,6 +234,7 @@ def _kernel(source: Callable, device: torch.device) -> Callable:
     key = (source, interpret)
     if key not in _compiled:
         if interpret:
+            # Local import: Triton's CPU interpreter is for tests; GPU runs never load it.
             from triton.runtime.interpreter import InterpretedFunction
 
             _compiled[key] = InterpretedFunction(source)
@@ -249,7 +251,7 @@ def _launch_options(tiles: _Tiles, device: torch.device) -> dict:
 # kernel wrappers
 
 
-def _shrink_gate(x2, A, gate, scaling, num_experts, rows_per_sample, mixing, store_raw, plan):
+def _shrink_gate(x2, A, gate, scaling, num_meta_loras, rows_per_sample, mixing, store_raw, plan):
     num_rows, d_in = x2.shape
     total_rank = A.shape[0]
     device = x2.device
@@ -263,7 +265,7 @@ def _shrink_gate(x2, A, gate, scaling, num_experts, rows_per_sample, mixing, sto
     grid = (_cdiv(num_rows, tiles.block_m), plan.split_k)
     _kernel(shrink_gate_kernel, device)[grid](
         x2, A, gate, s_mixed, s_raw,
-        num_rows, d_in, total_rank, num_experts, total_rank // num_experts, rows_per_sample, float(scaling),
+        num_rows, d_in, total_rank, num_meta_loras, total_rank // num_meta_loras, rows_per_sample, float(scaling),
         plan.k_per_split,
         x2.stride(0), x2.stride(1), A.stride(0), A.stride(1),
         BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_n, BLOCK_R=plan.block_r, BLOCK_RANK=plan.block_rank,
@@ -293,14 +295,14 @@ def _expand(s_mixed, B, bias, base, out, plan):
     return out
 
 
-def _grad_intermediate(dY, B, s_raw, gate, scaling, num_experts, rows_per_sample, mixing, gate_grad, grad_b, plan):
+def _grad_intermediate(dY, B, s_raw, gate, scaling, num_meta_loras, rows_per_sample, mixing, gate_grad, grad_b, plan):
     """Returns dS (compute dtype), per-row gate partials (fp32 or None), and dB (fp32 or None)."""
     num_rows, d_out = dY.shape
     total_rank = B.shape[1]
     device = dY.device
     fuse_grad_b = grad_b and plan.fuse_grad_b
     grad_s = _empty((num_rows, total_rank), dY.dtype, device)
-    gate_rows = _empty((num_rows, num_experts), torch.float32, device) if gate_grad else grad_s
+    gate_rows = _empty((num_rows, num_meta_loras), torch.float32, device) if gate_grad else grad_s
     s_mixed = _empty((num_rows, total_rank), dY.dtype, device) if grad_b and not fuse_grad_b else grad_s
     grad_B = torch.zeros((d_out, total_rank), dtype=torch.float32, device=device) if fuse_grad_b else grad_s
     tiles = plan.grad
@@ -308,7 +310,7 @@ def _grad_intermediate(dY, B, s_raw, gate, scaling, num_experts, rows_per_sample
     _kernel(grad_intermediate_kernel, device)[grid](
         dY, B, s_raw, gate,
         grad_s, gate_rows, s_mixed, grad_B,
-        num_rows, d_out, total_rank, num_experts, total_rank // num_experts, rows_per_sample, float(scaling),
+        num_rows, d_out, total_rank, num_meta_loras, total_rank // num_meta_loras, rows_per_sample, float(scaling),
         dY.stride(0), dY.stride(1), B.stride(0), B.stride(1),
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_R=plan.block_r, BLOCK_E=plan.block_e,
         BLOCK_RANK=plan.block_rank,
@@ -325,7 +327,9 @@ def _grad_intermediate(dY, B, s_raw, gate, scaling, num_experts, rows_per_sample
 # forward / backward
 
 
-def _forward(x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_experts, mixing, store_raw, inplace):
+def _forward(
+    x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_meta_loras, mixing, store_raw, inplace
+):
     compute_dtype = x.dtype
     batch, d_in = x.shape[0], x.shape[-1]
     x2 = x.reshape(-1, d_in)
@@ -333,9 +337,9 @@ def _forward(x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scali
     A, B = lora_A, lora_B  # read in their own dtype: the kernels round tiles to the compute dtype
     d_out = B.shape[0]
     gate32 = gate.to(torch.float32).contiguous()
-    plan = _plan(num_rows, d_in, d_out, A.shape[0], num_experts, mixing, compute_dtype, _gpu_sms(x.device))
+    plan = _plan(num_rows, d_in, d_out, A.shape[0], num_meta_loras, mixing, compute_dtype, _gpu_sms(x.device))
     rows_per_sample = num_rows // batch
-    s_mixed, s_raw = _shrink_gate(x2, A, gate32, scaling, num_experts, rows_per_sample, mixing, store_raw, plan)
+    s_mixed, s_raw = _shrink_gate(x2, A, gate32, scaling, num_meta_loras, rows_per_sample, mixing, store_raw, plan)
 
     if base_output is not None:
         base2 = base_output.reshape(-1, d_out)
@@ -353,12 +357,12 @@ def _forward(x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scali
 
 class MetaLoraTritonFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_experts, mixing):
+    def forward(ctx, x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_meta_loras, mixing):
         out, s_raw, plan = _forward(
-            x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_experts, mixing, True, False
+            x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_meta_loras, mixing, True, False
         )
         ctx.save_for_backward(x, s_raw, gate, lora_A, lora_B, base_weight)
-        ctx.scaling, ctx.num_experts, ctx.mixing, ctx.plan = scaling, num_experts, mixing, plan
+        ctx.scaling, ctx.num_meta_loras, ctx.mixing, ctx.plan = scaling, num_meta_loras, mixing, plan
         ctx.has_bias = base_bias is not None
         ctx.bias_dtype = base_bias.dtype if base_bias is not None else None
         ctx.base_output_dtype = base_output.dtype if base_output is not None else None
@@ -381,13 +385,13 @@ class MetaLoraTritonFunction(torch.autograd.Function):
         grad_s = grad_B = grad_gate = None
         if needs[0] or needs[1] or needs[2] or needs[3]:
             grad_s, gate_rows, grad_B32 = _grad_intermediate(
-                dY, B, s_raw, gate32, ctx.scaling, ctx.num_experts, num_rows // batch, ctx.mixing,
+                dY, B, s_raw, gate32, ctx.scaling, ctx.num_meta_loras, num_rows // batch, ctx.mixing,
                 gate_grad=needs[3], grad_b=needs[2], plan=ctx.plan,
             )
             if needs[2]:
                 grad_B = grad_B32.to(lora_B.dtype)
             if needs[3]:
-                grad_gate = gate_rows.view(batch, -1, ctx.num_experts).sum(dim=1).to(gate.dtype)
+                grad_gate = gate_rows.view(batch, -1, ctx.num_meta_loras).sum(dim=1).to(gate.dtype)
         grad_x, grad_A, grad_W, grad_bias, grad_base_out = input_and_base_grads(
             ctx, x, x2, grad_s, A, lora_A.dtype, dY, grad_out, base_weight
         )
