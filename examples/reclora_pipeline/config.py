@@ -290,6 +290,12 @@ def _prompt_templates():
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Defaults and choices that lower layers (the retriever, the views, the CRM zoo) import rather than repeat.
+RETRIEVAL_MODES = ("semantic", "recent")
+DEFAULT_K_LONG = 60
+DEFAULT_K_SHORT = 10
+DEFAULT_CRM_EMBED_DIM = 32
+DEFAULT_CRM_HIDDEN_DIMS = (256, 128, 64)
 
 
 # -- the sections --------------------------------------------------------------------------------------------------------
@@ -371,9 +377,10 @@ class RetrievalConfig(Section):
 
     path: ClassVar[str] = "retrieval"
     mode: str = setting("semantic", "'semantic' (LLM item encodings, PCA, cosine top-k) or 'recent' (the last K "
-                        "items)", choices=("semantic", "recent"), stages=("retrieval", "plan"), flag="--retrieval")
-    k_long: int = setting(60, "K_long: history length of the CRM", minimum=1, stages=("retrieval",), flag="--k-long")
-    k_short: int = setting(10, "K_short: history length of the prompt", minimum=1, stages=("retrieval",),
+                        "items)", choices=RETRIEVAL_MODES, stages=("retrieval", "plan"), flag="--retrieval")
+    k_long: int = setting(DEFAULT_K_LONG, "K_long: history length of the CRM", minimum=1, stages=("retrieval",),
+                          flag="--k-long")
+    k_short: int = setting(DEFAULT_K_SHORT, "K_short: history length of the prompt", minimum=1, stages=("retrieval",),
                            flag="--k-short")
     pca_dim: int = setting(512, "semantic: width of the PCA-reduced item vectors", minimum=1, stages=("retrieval",))
     pooling: str = setting("mean", "semantic: 'mean' over the tokens or the 'last' token's hidden state",
@@ -396,8 +403,9 @@ class CrmModelConfig(Section):
     """Keyword arguments every CRM of the zoo takes (``build_crm``)."""
 
     path: ClassVar[str] = "crm.model"
-    embed_dim: int = setting(32, "embedding width of every ID field", minimum=1, stages=("crm",))
-    hidden_dims: tuple[int, ...] = setting((256, 128, 64), "widths of the MLP hidden layers", minimum=1,
+    embed_dim: int = setting(DEFAULT_CRM_EMBED_DIM, "embedding width of every ID field", minimum=1,
+                             stages=("crm",))
+    hidden_dims: tuple[int, ...] = setting(DEFAULT_CRM_HIDDEN_DIMS, "widths of the MLP hidden layers", minimum=1,
                                            stages=("crm",))
     dropout: float = setting(0.1, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
     rc_layer: int = setting(-1, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
