@@ -61,6 +61,17 @@ def test_earlier_flags_are_aliases_of_their_settings(argv, path, value):
     assert resolved_of(*argv).get(path) == value
 
 
+def test_temperature_flag_sets_the_gate_temperature_and_is_listed_in_help(capsys):
+    config = config_of("--temperature", "0.5")
+    assert config.tune.adapter["temperature"] == 0.5
+    assert "temperature" not in RunConfig().tune.adapter  # unset: RecLoraConfig's own default
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--temperature X softmax temperature of RecLoRA's gate" in text
+    assert "(sets tune.adapter.temperature; default: unset: the library's own)" in text
+
+
 def test_seed_alias_sets_every_seed_it_used_to():
     config = config_of("--seed", "7")
     assert config.crm.training.seed == 7 and config.tune.training["seed"] == 7
@@ -156,6 +167,30 @@ def test_help_imports_neither_torch_nor_pandas():
             "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_config_is_a_leaf_that_imports_only_its_machinery():
+    """The config tree imports no library and no other module of the pipeline, so every layer may import it."""
+    code = ("import sys; import reclora_pipeline.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', "
+            "'peft_reclora', 'numpy', 'pandas', 'yaml', 'reclora_pipeline')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(["reclora_pipeline", "reclora_pipeline.config", "reclora_pipeline.config_tree"])
+
+
+def test_the_config_names_the_choices_its_registries_implement():
+    """The config owns the names it checks; each registry that implements them lists the same ones, in order."""
+    from reclora_pipeline import config
+    from reclora_pipeline.crm.registry import CRMS, available_crms
+    from reclora_pipeline.data import DATASET_READERS
+    from reclora_pipeline.methods import METHODS, MODEL_CHOICES
+    from reclora_pipeline.views.prompts import PROMPT_STYLES, PROMPT_TEMPLATES
+
+    assert config.DATASETS == tuple(DATASET_READERS)
+    assert config.CRM_NAMES == tuple(CRMS) == tuple(available_crms())
+    assert config.MODEL_CHOICES == MODEL_CHOICES == tuple(dict.fromkeys(method.choice for method in METHODS))
+    assert config.PROMPT_TEMPLATES == PROMPT_TEMPLATES
+    assert config.PROMPT_STYLES == PROMPT_STYLES
 
 
 def test_a_missing_extra_names_the_extra(monkeypatch, capsys):

@@ -11,6 +11,7 @@ from reclora_pipeline.config import RESERVED_ADAPTER_KEYS, RunConfig, leaves
 from reclora_pipeline.data import embedded_ml100k_dir
 from reclora_pipeline.methods import METHODS, LoraSameParams, RecLora, _lora_config_class, _reclora_config_class
 from reclora_pipeline.plan import plan_run
+from reclora_pipeline.validation import validate
 
 TRAINING_KEYS = {"max_grad_norm": 0.5, "lr_scheduler_type": "cosine", "weight_decay": 0.01, "optim": "sgd"}
 ADAPTER_KEYS = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj"], "num_meta_loras": 8,
@@ -155,7 +156,7 @@ def test_every_training_key_reaches_every_tuned_model_only(base):
     before = plan_run(base)
     keys = dict(TRAINING_KEYS, **{key: changed(value) for key, value in base.tune.training.items()})
     for key, value in keys.items():
-        after = plan_run(base.override({f"tune.training.{key}": value}).validate())
+        after = plan_run(validate(base.override({f"tune.training.{key}": value})))
         changed_nodes, added, removed = compare(before, after)
         assert not added and not removed
         assert {n for n in changed_nodes if n[0] == "tune"} == {n for n in before.nodes() if n[0] == "tune"}, key
@@ -175,7 +176,7 @@ def changed(value):
 def test_every_adapter_key_reaches_the_models_whose_config_has_it(base):
     before = plan_run(base)
     for key, value in ADAPTER_KEYS.items():
-        config = base.override({f"tune.adapter.{key}": value}).validate()
+        config = validate(base.override({f"tune.adapter.{key}": value}))
         after = plan_run(config)
         changed_nodes, added, removed = compare(before, after)
         names = {m.name for m in before.llm_models}
@@ -206,7 +207,7 @@ def test_every_field_of_the_peft_configs_is_settable():
             value = item.default_factory() if item.default is dataclasses.MISSING else item.default
             if value is dataclasses.MISSING or (item.name == "target_modules" and value is None):
                 continue
-            config = RunConfig().override({f"tune.adapter.{item.name}": value}).validate()
+            config = validate(RunConfig().override({f"tune.adapter.{item.name}": value}))
             built = method.peft_config(config.tune.adapter, crm_dim=config.crm.model.crm_dim)
             assert getattr(built, item.name) == (set(value) if isinstance(value, list) and item.name.endswith(
                 "modules") else value), (config_class.__name__, item.name)

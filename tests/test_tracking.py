@@ -11,6 +11,7 @@ from reclora_pipeline.crm import CrmTrainingConfig, train_crm
 from reclora_pipeline.methods import RecLora
 from reclora_pipeline.trainer import AnswerTokenDataset, build_peft_model, train_adapter
 from reclora_pipeline.tracking import Trackers, tracker_names
+from reclora_pipeline.validation import validate
 from support.synthetic_features import make_synthetic_splits
 
 from conftest import TINY_VOCAB, make_tiny_llama
@@ -61,6 +62,6 @@ def test_report_to_is_one_setting_checked_before_a_run():
     assert config.tracking.report_to == ("tensorboard", "wandb")
     assert tracker_names(["none"]) == [] and tracker_names(()) == []
     with pytest.raises(ValueError, match="tracking.report_to: graphite is not a tracker"):
-        RunConfig().override({"tracking.report_to": ["graphite"]}).validate()
+        validate(RunConfig().override({"tracking.report_to": ["graphite"]}))
     with pytest.raises(ValueError, match="set tracking.report_to"):
-        RunConfig().override({"tune.training.report_to": "wandb"}).validate()
+        validate(RunConfig().override({"tune.training.report_to": "wandb"}))

@@ -10,6 +10,16 @@ import functools
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+from accelerate import init_empty_weights
+from peft.tuners.tuners_utils import check_target_module_exists
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from peft_reclora.model import default_target_modules
+
+from .llm import converted_checkpoint_dir, gguf_file, is_converted
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -26,11 +36,6 @@ class Architecture:
 def architecture_of(base_model: str) -> Architecture:
     """The modules of ``base_model`` (``llm.base_model``: 'embedded', 'gemma3-270m', a .gguf file, a Hub id or a
     local folder); ``ValueError`` naming the setting when its config cannot be read."""
-    import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-    from transformers.pytorch_utils import Conv1D
-
     config = _config_of(base_model)
     try:
         with init_empty_weights():
@@ -47,10 +52,6 @@ def architecture_of(base_model: str) -> Architecture:
 
 
 def _config_of(base_model: str):
-    from transformers import AutoConfig
-
-    from .llm import converted_checkpoint_dir, gguf_file, is_converted
-
     try:
         gguf = gguf_file(base_model)
         if gguf is not None:
@@ -69,8 +70,6 @@ def _config_of(base_model: str):
 def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[str]:
     """Why ``peft_config`` would adapt nothing of the base model (``target_modules`` that match no module,
     ``layers_to_transform`` outside its layers), or None. Matching is PEFT's own."""
-    from peft.tuners.tuners_utils import check_target_module_exists
-
     layers = getattr(peft_config, "layers_to_transform", None)
     if layers is not None and architecture.num_layers is not None:
         indices = [layers] if isinstance(layers, int) else list(layers)
@@ -80,8 +79,6 @@ def adapter_target_problem(peft_config, architecture: Architecture) -> Optional[
                     f"{architecture.num_layers - 1})")
     targets = getattr(peft_config, "target_modules", None)
     if targets is None and getattr(peft_config, "peft_type", None) == "RECLORA":
-        from peft_reclora.model import default_target_modules
-
         try:  # what RecLoRA's injection will pick, so that the check below sees it
             targets = default_target_modules(architecture.module_names, architecture.model_type)
         except ValueError as error:

@@ -38,7 +38,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
-from .config import plain as canonical
+from .config_tree import canonical
 
 STAGES_DIR = "stages"
 MANIFEST_NAME = "stage.json"

@@ -39,7 +39,7 @@ def _parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
     return subparsers.add_parser(name, allow_abbrev=False, **kwargs)
 
 
-# -- data ----------------------------------------------------------------------------------------------------------------
+# -- data -------------------------------------------------------------------------------------------------------------
 @command
 def add_data_command(subparsers) -> None:
     parser = _parser(
@@ -72,7 +72,7 @@ def run_data(args) -> int:
     return 0
 
 
-# -- retrieve -------------------------------------------------------------------------------------------------------------
+# -- retrieve ---------------------------------------------------------------------------------------------------------
 @command
 def add_retrieve_command(subparsers) -> None:
     parser = _parser(
@@ -112,7 +112,8 @@ def run_retrieve(args) -> int:
                else f"encoded in {encoding.get('encode_seconds', 0.0):.1f}s")
         print(f"item encodings: {encoding.get('items')} items {how} ({encoding.get('path')})")
     print(f"{retrieval.mode} retrieval of {len(result)} samples (K_long {result.k_long}, K_short {result.k_short}) "
-          f"in {result.metadata['retrieval_seconds']:.1f}s; wrote {out} ({result.metadata['total_seconds']:.1f}s in all)")
+          f"in {result.metadata['retrieval_seconds']:.1f}s; wrote {out} "
+          f"({result.metadata['total_seconds']:.1f}s in all)")
     return 0
 
 
@@ -134,7 +135,7 @@ def write_histories_csv(dataset, result, path: Path) -> None:
     }).to_csv(path, index=False)
 
 
-# -- run / demo -------------------------------------------------------------------------------------------------------------
+# -- run / demo -------------------------------------------------------------------------------------------------------
 PRESET_CHOICES = (*PRESETS, "none")
 RUN_USAGE = ("reclora-pipeline {command} [--preset {{" + ",".join(PRESET_CHOICES) + "}}] [--config FILE] "
              "[--set PATH=VALUE] [--<setting path> VALUE | --<alias> VALUE ...]")
@@ -148,20 +149,22 @@ def _add_run_options(parser, default_preset: str) -> None:
     add_file_flags(parser)
     defaults = RunConfig.from_dict(preset_tree(default_preset))
     targets = add_config_flags(parser, defaults)
-    parser.set_defaults(handler=run_run, targets=targets, default_preset=default_preset)
-    parser.epilog = (f"Defaults shown are those of the {default_preset} preset. Later layers win: defaults < preset < "
-                     "--config files < flags < --set. Every setting is one flag named by its path; keys of "
-                     "tune.adapter (RecLoraConfig / LoraConfig keyword arguments) and tune.training (TrainingArguments "
-                     "keyword arguments) are set with --set. The resolved tree is written to OUT/config.json.")
+    parser.set_defaults(handler=run_every_stage, targets=targets, default_preset=default_preset)
+    parser.epilog = (f"Defaults shown are those of the {default_preset} preset. Later layers win: defaults < preset "
+                     "< --config files < flags < --set. Every setting is one flag named by its path; keys of "
+                     "tune.adapter (RecLoraConfig / LoraConfig keyword arguments) and tune.training "
+                     "(TrainingArguments keyword arguments) are set with --set. The resolved tree is written to "
+                     "OUT/config.json.")
 
 
 @command
 def add_run_command(subparsers) -> None:
     parser = _parser(
-        subparsers, "run", usage=RUN_USAGE.format(command="run"), help="the whole pipeline: data, retrieval, CRMs, Few2Many tuning, scoring, table and plots",
-        description="Run every stage into one folder and print the comparison table. A stage is reused when the folder "
-                    "holds its output for the same settings and inputs; a changed setting recomputes the stages it "
-                    "reaches.",
+        subparsers, "run", usage=RUN_USAGE.format(command="run"),
+        help="the whole pipeline: data, retrieval, CRMs, Few2Many tuning, scoring, table and plots",
+        description="Run every stage into one folder and print the comparison table. A stage is reused when the "
+                    "folder holds its output for the same settings and inputs; a changed setting recomputes the "
+                    "stages it reaches.",
     )
     _add_run_options(parser, "full")
 
@@ -169,7 +172,8 @@ def add_run_command(subparsers) -> None:
 @command
 def add_demo_command(subparsers) -> None:
     parser = _parser(
-        subparsers, "demo", usage=RUN_USAGE.format(command="demo"), help="the README's demo: MovieLens-100K + SmolLM2-135M, SIM vs LoRA vs RecLoRA on a CPU",
+        subparsers, "demo", usage=RUN_USAGE.format(command="demo"),
+        help="the README's demo: MovieLens-100K + SmolLM2-135M, SIM vs LoRA vs RecLoRA on a CPU",
         description="Equivalent to `run --preset demo`: about 12 minutes on two CPU cores after installation.",
     )
     _add_run_options(parser, "demo")
@@ -187,10 +191,13 @@ def run_config(args) -> RunConfig:
     args.chosen_preset = preset
     if not out_given:
         config = config.override({"out": str(Path("runs") / f"{config.data.dataset}-{preset}")})
-    return config.validate()
+    from .validation import validate  # PEFT, transformers and torch: not for --help
+
+    return validate(config)
 
 
-def run_run(args) -> int:
+def run_every_stage(args) -> int:
+    """The handler of ``run`` and ``demo``."""
     from .pipeline import run_pipeline
 
     config = run_config(args)
@@ -206,15 +213,39 @@ def run_run(args) -> int:
     return 0
 
 
-# -- push ---------------------------------------------------------------------------------------------------------------------
+# -- push -------------------------------------------------------------------------------------------------------------
 @command
 def add_push_command(subparsers) -> None:
-    from .serving.publish import add_push_command as add_parser
+    parser = _parser(
+        subparsers, "push",
+        help="publish a RecLoRA model of a run (adapter, CRM, vocabulary, catalog, retriever) to the Hub",
+        description="Save a RecLoRA model of a pipeline run with its CRM, vocabulary, catalog, retriever settings, "
+                    "prompt template and a model card, and upload the folder to a Hub repo as one commit.",
+    )
+    parser.add_argument("--run", required=True, type=Path, help="the pipeline run folder (OUT)")
+    parser.add_argument("--repo-id", required=True, help="the Hub repo, e.g. me/reclora-ml100k")
+    parser.add_argument("--model", default="RecLoRA", help="the model of the run to publish (default: RecLoRA)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--revision", default=None, help="the branch to upload to (created if needed)")
+    parser.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN)")
+    parser.add_argument("--base-model", default=None,
+                        help="the base model id to record instead of the run's (e.g. its Hub id)")
+    parser.add_argument("--commit-message", default="Upload RecLoRA recommender")
+    parser.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; upload nothing")
+    parser.set_defaults(handler=run_push)
 
-    add_parser(subparsers)
+
+def run_push(args) -> int:
+    from .serving.recommender import RecLoraRecommender
+
+    recommender = RecLoraRecommender.from_run(args.run, model=args.model, base_model=args.base_model, device="cpu")
+    result = recommender.push_to_hub(args.repo_id, private=args.private, revision=args.revision, token=args.token,
+                                     dry_run=args.dry_run, commit_message=args.commit_message)
+    print(result.describe())
+    return 0
 
 
-# -- entry point ------------------------------------------------------------------------------------------------------------
+# -- entry point ------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reclora-pipeline", description="The RecLoRA reference pipeline.",
                                      allow_abbrev=False)
@@ -228,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return 2

@@ -18,287 +18,53 @@ The command line, ``--help``, validation and the cache keys are derived from it;
 
 A preset is a partial tree (``PRESETS``); a config file (TOML, JSON or YAML) is a partial tree too, and
 ``--set a.b.c=value`` changes one leaf. ``RunConfig.resolve`` layers them: defaults < preset < file < flags.
+
+The machinery (declaring a setting, coercing and checking values, layering trees, reading files, listing the leaves)
+is ``config_tree.py``; this module imports nothing else of the pipeline, so every layer can import it. It owns the
+names of the choices it checks (``DATASETS``, ``CRM_NAMES``, ``MODEL_CHOICES``, ...): the registries that implement
+them (``data``, ``crm.registry``, ``methods``, ``views.prompts``) are tested to list the same names. What only the
+libraries can check (adapter keys, TrainingArguments, the base model's modules) is ``validation.validate``.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import enum
-import importlib.util
+import hashlib
 import json
-import math
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+
+from .config_tree import KeyFlag, Leaf, Section, build, leaves_of, merge, nested, read_tree_file, section, setting
 
 CONFIG_FILE_NAME = "config.json"
 # Seeds reach numpy, whose generators take 0 <= seed < 2**32 (torch and Python take more).
 SEED_RANGE = (0, 2**32 - 1)
-# A config tree is a few tables deep; a deeper file is not a config (and would exhaust the recursion of a parser).
-MAX_CONFIG_DEPTH = 16
 
-
-# -- field declarations ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KeyFlag:
-    """A command-line alias for one key of a mapping setting (``tune.adapter``, ``tune.training``)."""
-
-    flag: str
-    type: type
-    help: str
-
-
-def setting(default, help: str, *, choices=None, minimum=None, maximum=None, stages: Sequence[str] = (),
-            flag: Optional[str] = None, keys: Optional[Mapping[str, KeyFlag]] = None):
-    """A leaf of the tree. ``stages``: the stages whose results depend on it ("plan": it decides which models are
-    compared; empty: it changes how a result is computed, never the result). ``choices`` may be a function, called
-    when the value is checked, so that heavy registries are imported only then. ``minimum`` and ``maximum`` bound a
-    number (or each number of a list), both included."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "stages": tuple(stages),
-                "flag": flag, "keys": dict(keys or {})}
-    if isinstance(default, (dict, list, set)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def section(cls, help: str):
-    return field(default_factory=cls, metadata={"help": help, "section": True})
-
-
-@dataclass(frozen=True)
-class Section:
-    """Base of every node of the tree: values are coerced to their annotated types and checked on construction, and
-    an error names the setting's path (``retrieval.k_long``)."""
-
-    path: ClassVar[str] = ""
-
-    def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for item in fields(self):
-            value = getattr(self, item.name)
-            where = self.setting_path(item.name)
-            if item.metadata.get("section"):
-                if not isinstance(value, hints[item.name]):
-                    value = build(hints[item.name], value or {}, where)
-            else:
-                value = coerce(value, hints[item.name], where)
-                _check_choices_and_minimum(value, item, where)
-            object.__setattr__(self, item.name, value)
-        self.check()
-
-    def check(self) -> None:
-        """Rules that involve several fields; a subclass raises ``ValueError`` naming the path."""
-
-    @classmethod
-    def setting_path(cls, name: str) -> str:
-        return f"{cls.path}.{name}" if cls.path else name
-
-    def to_dict(self) -> dict:
-        """Plain JSON values (tuples become lists), sections nested."""
-        return {item.name: plain(getattr(self, item.name)) for item in fields(self)}
-
-    def replace(self, **changes) -> "Section":
-        return build(type(self), {**self.to_dict(), **changes}, self.path)
-
-
-def plain(value):
-    """Plain JSON values: sections and mappings as dicts, tuples as lists, sets sorted, paths and enums by value (what
-    ``config.json`` holds and what the cache keys hash)."""
-    if isinstance(value, Section):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(plain(item) for item in value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return plain(value.value)
-    return value
-
-
-def _check_choices_and_minimum(value, item, where: str) -> None:
-    choices = item.metadata.get("choices")
-    if choices is not None and value is not None:
-        allowed = tuple(choices() if callable(choices) else choices)
-        for one in (value if isinstance(value, tuple) else (value,)):
-            if one not in allowed:
-                raise ValueError(f"{where}: {one!r} is not one of {', '.join(map(str, allowed))}")
-    minimum, maximum = item.metadata.get("minimum"), item.metadata.get("maximum")
-    if value is not None:
-        for one in (value if isinstance(value, tuple) else (value,)):
-            if minimum is not None and one < minimum:
-                raise ValueError(f"{where} must be at least {minimum}, got {one!r}")
-            if maximum is not None and one > maximum:
-                raise ValueError(f"{where} must be at most {maximum}, got {one!r}")
-
-
-# -- values ------------------------------------------------------------------------------------------------------------
-TRUE_WORDS, FALSE_WORDS, NONE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null", "")
-
-
-def parse_literal(text: str):
-    """A command-line value of a mapping key: JSON when it parses (numbers, true/false/null, lists, quoted strings),
-    else the text itself, so ``mixing=weights`` and ``r=4`` both read as meant."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def coerce(value, hint, where: str):
-    """``value`` as the annotated type ``hint`` (strings from the command line are parsed); ``ValueError`` names
-    ``where`` and what was expected."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin is Union:
-        if value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS):
-            if type(None) in args:
-                return None
-        errors = []
-        for option in (arg for arg in args if arg is not type(None)):
-            try:
-                return coerce(value, option, where)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-            return value.strip().lower() in TRUE_WORDS
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):  # NaN passes every comparison with a bound; inf runs nothing to an end
-            raise ValueError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            text = value.strip()
-            value = parse_literal(text) if text.startswith("[") else [part.strip() for part in text.split(",")
-                                                                       if part.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(coerce(item, arg, f"{where}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
-    if origin in (dict, Mapping) or hint in (dict, Mapping):
-        if isinstance(value, str):
-            value = parse_literal(value)
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: expected a mapping of keyword arguments, got {value!r}")
-        return {str(key): plain(item) for key, item in value.items()}
-    return value
-
-
-def build(cls, data: Mapping, where: str = ""):
-    """A section from a (partial) mapping; an unknown key raises ``ValueError`` with the closest known names."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where or 'config'}: expected a table of settings, got {data!r}")
-    names = [item.name for item in fields(cls)]
-    unknown = [key for key in data if key not in names]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names)}"
-        raise ValueError(f"unknown setting {cls.setting_path(key) if cls.path else key!r}{hint}")
-    return cls(**dict(data))
-
-
-def merge(base: Mapping, over: Mapping) -> dict:
-    """``over`` laid onto ``base``: tables (sections, ``tune.adapter``, ``tune.training``) merge key by key, other
-    values are replaced."""
-    result = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
-
-
-def nested(path: str, value) -> dict:
-    """``("a.b.c", v)`` -> ``{"a": {"b": {"c": v}}}``."""
-    keys = path.split(".")
-    tree = value
-    for key in reversed(keys):
-        tree = {key: tree}
-    return tree
-
-
-# -- choices that live with their owners (imported only when a value is checked) -------------------------------------
-def _datasets():
-    from .data import DATASETS
-
-    return DATASETS
-
-
-def _crms():
-    from .crm.registry import available_crms
-
-    return available_crms()
-
-
-def _model_choices():
-    from .methods import MODEL_CHOICES
-
-    return MODEL_CHOICES
-
-
-def _prompt_styles():
-    from .views.prompts import PROMPT_STYLES
-
-    return PROMPT_STYLES
-
-
-def _prompt_templates():
-    from .views.prompts import PROMPT_TEMPLATES
-
-    return PROMPT_TEMPLATES
-
-
+# -- the names of the choices (their implementations are tested to agree) ---------------------------------------------
+DATASETS = ("ml-100k", "ml-1m", "ml-25m", "goodreads")  # data.DATASET_READERS
+CRM_NAMES = ("sim", "din", "deepfm", "dcnv2", "autoint", "gru4rec", "sasrec")  # crm.registry.CRMS
+MODEL_CHOICES = ("zero-shot", "lora", "lora-same-params", "reclora", "ablations")  # methods.METHODS' choices
+PROMPT_TEMPLATES = ("figure-2", "compact")  # views.prompts
+PROMPT_STYLES = ("plain", "chat")  # views.prompts
+RETRIEVAL_MODES = ("semantic", "recent")
+POOLINGS = ("mean", "last")
 DTYPES = ("float32", "bfloat16", "float16")
 
+# -- defaults that lower layers (the retriever, the views, the CRM zoo) import rather than repeat ---------------------
+DEFAULT_K_LONG = 60
+DEFAULT_K_SHORT = 10
+DEFAULT_CRM_EMBED_DIM = 32
+DEFAULT_CRM_HIDDEN_DIMS = (256, 128, 64)
 
-# -- the sections --------------------------------------------------------------------------------------------------------
+
+# -- the sections -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataConfig(Section):
     """Which dataset, read from where, and how it is processed (paper, Appendix A)."""
 
     path: ClassVar[str] = "data"
-    dataset: str = setting("ml-100k", "the dataset", choices=_datasets, stages=("data",), flag="--dataset")
+    dataset: str = setting("ml-100k", "the dataset", choices=DATASETS, stages=("data",), flag="--dataset")
     source: Optional[str] = setting(None, "folder of the dataset's official files (none: the embedded MovieLens-100K)",
                                     stages=("data",), flag="--source")
     core: int = setting(5, "k of the k-core filter, iterated to a fixed point (0: off)", minimum=0, stages=("data",))
@@ -357,9 +123,9 @@ class PromptConfig(Section):
 
     path: ClassVar[str] = "prompt"
     template: str = setting("figure-2", "'figure-2' (the paper's wording) or 'compact' (the same facts in about half "
-                            "the tokens)", choices=_prompt_templates, stages=("tune", "score"))
+                            "the tokens)", choices=PROMPT_TEMPLATES, stages=("tune", "score"))
     style: str = setting("plain", "'plain' (the prompt, then 'Answer:') or 'chat' (the tokenizer's chat template)",
-                         choices=_prompt_styles, stages=("tune", "score"))
+                         choices=PROMPT_STYLES, stages=("tune", "score"))
     max_tokens: Optional[int] = setting(None, "truncate prompts to this many tokens (none: never)", minimum=1,
                                         stages=("tune", "score"))
 
@@ -371,13 +137,14 @@ class RetrievalConfig(Section):
 
     path: ClassVar[str] = "retrieval"
     mode: str = setting("semantic", "'semantic' (LLM item encodings, PCA, cosine top-k) or 'recent' (the last K "
-                        "items)", choices=("semantic", "recent"), stages=("retrieval", "plan"), flag="--retrieval")
-    k_long: int = setting(60, "K_long: history length of the CRM", minimum=1, stages=("retrieval",), flag="--k-long")
-    k_short: int = setting(10, "K_short: history length of the prompt", minimum=1, stages=("retrieval",),
+                        "items)", choices=RETRIEVAL_MODES, stages=("retrieval", "plan"), flag="--retrieval")
+    k_long: int = setting(DEFAULT_K_LONG, "K_long: history length of the CRM", minimum=1, stages=("retrieval",),
+                          flag="--k-long")
+    k_short: int = setting(DEFAULT_K_SHORT, "K_short: history length of the prompt", minimum=1, stages=("retrieval",),
                            flag="--k-short")
     pca_dim: int = setting(512, "semantic: width of the PCA-reduced item vectors", minimum=1, stages=("retrieval",))
     pooling: str = setting("mean", "semantic: 'mean' over the tokens or the 'last' token's hidden state",
-                           choices=("mean", "last"), stages=("retrieval",))
+                           choices=POOLINGS, stages=("retrieval",))
     max_length: int = setting(128, "semantic: tokens per item description", minimum=1, stages=("retrieval",))
     batch_size: int = setting(64, "semantic: items per forward pass", minimum=1, stages=("retrieval",))
     cache_dir: Optional[str] = setting(None, "item encoding cache (none: ~/.cache/peft_reclora/item_encodings)")
@@ -396,8 +163,9 @@ class CrmModelConfig(Section):
     """Keyword arguments every CRM of the zoo takes (``build_crm``)."""
 
     path: ClassVar[str] = "crm.model"
-    embed_dim: int = setting(32, "embedding width of every ID field", minimum=1, stages=("crm",))
-    hidden_dims: tuple[int, ...] = setting((256, 128, 64), "widths of the MLP hidden layers", minimum=1,
+    embed_dim: int = setting(DEFAULT_CRM_EMBED_DIM, "embedding width of every ID field", minimum=1,
+                             stages=("crm",))
+    hidden_dims: tuple[int, ...] = setting(DEFAULT_CRM_HIDDEN_DIMS, "widths of the MLP hidden layers", minimum=1,
                                            stages=("crm",))
     dropout: float = setting(0.1, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
     rc_layer: int = setting(-1, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
@@ -442,9 +210,9 @@ class CrmConfig(Section):
     SIM reads the retrieved long history, the others the most recent K_long items."""
 
     path: ClassVar[str] = "crm"
-    name: str = setting("sim", "the CRM whose R_c feeds RecLoRA's gate", choices=_crms, stages=("crm", "plan"),
+    name: str = setting("sim", "the CRM whose R_c feeds RecLoRA's gate", choices=CRM_NAMES, stages=("crm", "plan"),
                         flag="--crm")
-    baselines: tuple[str, ...] = setting((), "further CRMs trained and scored as baselines", choices=_crms,
+    baselines: tuple[str, ...] = setting((), "further CRMs trained and scored as baselines", choices=CRM_NAMES,
                                          stages=("plan",), flag="--crm-baselines")
     model: CrmModelConfig = section(CrmModelConfig, "the CRM network")
     training: CrmTrainingConfig = section(CrmTrainingConfig, "stage-1 training")
@@ -490,7 +258,9 @@ class TuneConfig(Section):
         stages=("tune",),
         keys={"r": KeyFlag("--r", int, "rank of each meta-LoRA and of the LoRA baseline"),
               "num_meta_loras": KeyFlag("--num-meta-loras", int, "meta-LoRAs per layer"),
-              "lora_alpha": KeyFlag("--lora-alpha", float, "scaling numerator (scaling = lora_alpha / r)")},
+              "lora_alpha": KeyFlag("--lora-alpha", float, "scaling numerator (scaling = lora_alpha / r)"),
+              "temperature": KeyFlag("--temperature", float, "softmax temperature of RecLoRA's gate (larger is "
+                                                             "smoother)")},
     )
     training: dict[str, Any] = setting(
         {"num_train_epochs": 1.0, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "warmup_steps": 0.05,
@@ -563,7 +333,8 @@ class TrackingConfig(Section):
                                          flag="--report-to")
     project: str = setting("reclora-pipeline", "the project (experiment) runs are filed under; each CRM and each LLM "
                            "model is one run, named by its stage and label")
-    logging_dir: Optional[str] = setting(None, "folder of file-based trackers such as tensorboard (none: OUT/tracking)")
+    logging_dir: Optional[str] = setting(None, "folder of file-based trackers such as tensorboard (none: "
+                                         "OUT/tracking)")
 
 
 @dataclass(frozen=True)
@@ -575,7 +346,7 @@ class RunConfig(Section):
                        "runs/<dataset>-<preset>)", flag="--out")
     models: tuple[str, ...] = setting(("lora", "reclora"), "LLM models to compare (lora: rank r; lora-same-params: "
                                       "RecLoRA's parameter count; ablations: RecLoRA without the long, the short and "
-                                      "both retrievers)", choices=_model_choices, stages=("plan",), flag="--models")
+                                      "both retrievers)", choices=MODEL_CHOICES, stages=("plan",), flag="--models")
     progress: bool = setting(True, "progress bars", flag="--progress")
     data: DataConfig = section(DataConfig, "dataset and processing")
     llm: LlmConfig = section(LlmConfig, "the base LLM")
@@ -587,7 +358,7 @@ class RunConfig(Section):
     study: StudyConfig = section(StudyConfig, "studies")
     tracking: TrackingConfig = section(TrackingConfig, "experiment tracking")
 
-    # -- building -------------------------------------------------------------------------------------------------
+    # -- building -----------------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping, base: Optional["RunConfig"] = None) -> "RunConfig":
         """A config from a (partial) tree laid onto ``base`` (default: the defaults)."""
@@ -623,71 +394,19 @@ class RunConfig(Section):
             tree = merge(tree, nested(path, value))
         return build(cls, tree)
 
-    # -- reading ----------------------------------------------------------------------------------------------------
+    # -- reading ------------------------------------------------------------------------------------------------------
     def get(self, path: str):
         node = self
         for key in path.split("."):
             node = node[key] if isinstance(node, Mapping) else getattr(node, key)
         return node
 
-    def write(self, path: Union[str, Path]) -> Path:
-        from .artifacts import write_json_atomically
-
-        return write_json_atomically(path, self.to_dict())
-
     def digest(self) -> str:
         """sha256 of the resolved tree (what a results file records to name the run that wrote it)."""
-        import hashlib
-
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
-    # -- checks that need the libraries (run before anything is written) --------------------------------------------
-    def validate(self) -> "RunConfig":
-        """Check what the libraries themselves decide: every ``tune.adapter`` key is a RecLoraConfig or LoraConfig
-        field, every model's PEFT config builds and adapts modules the base model has (its module names come from its
-        config alone), and the kernel backend runs on this machine; every ``tune.training`` key is a TrainingArguments
-        field with a value of its type and range, the run trains at least one step and the arguments build. Returns
-        ``self``."""
-        from .architecture import adapter_target_problem, architecture_of
-        from .methods import adapter_key_problem, models_of
-        from .trainer import training_arguments_problem
 
-        for key in self.tune.adapter:
-            problem = adapter_key_problem(key)
-            if problem:
-                raise ValueError(f"tune.adapter.{key}: {problem}")
-        architecture = architecture_of(self.llm.base_model)
-        for model in models_of(self):
-            try:
-                peft_config = model.peft_config(self.tune.adapter, crm_dim=self.crm.model.crm_dim)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.name(self)}: "
-                                 f"{error}") from None
-            problem = peft_config and adapter_target_problem(peft_config, architecture)
-            if problem:
-                raise ValueError(f"tune.adapter: {problem}, so {model.name(self)} would tune nothing of "
-                                 f"llm.base_model {self.llm.base_model!r}")
-        if self.tune.adapter.get("kernel_backend") == "triton":
-            import torch
-
-            from peft_reclora.ops import triton_available
-
-            if not (torch.cuda.is_available() and triton_available()):
-                raise ValueError("tune.adapter.kernel_backend: 'triton' needs a CUDA GPU and Triton, and this machine "
-                                 "has none; use 'auto' (Triton where it runs), 'torch' or 'reference'")
-        problem = training_arguments_problem(self.tune.training)
-        if problem:
-            raise ValueError(f"tune.training: {problem}")
-        from .tracking import unsupported_trackers
-
-        unknown = unsupported_trackers(self.tracking.report_to)
-        if unknown:
-            raise ValueError(f"tracking.report_to: {', '.join(unknown)} is not a tracker accelerate and transformers "
-                             "both support (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, ...)")
-        return self
-
-
-# -- presets and files ---------------------------------------------------------------------------------------------
+# -- presets and files ------------------------------------------------------------------------------------------------
 PRESETS: dict[str, dict] = {
     # Two CPU cores, minutes after installation: SIM, LoRA r=8, RecLoRA on a fixed test subsample, with the compact
     # prompt (the paper's facts in about half of Figure 2's tokens: half the LLM time).
@@ -733,166 +452,23 @@ def read_config_file(path: Union[str, Path]) -> dict:
     """A partial tree from a ``.toml``, ``.json``, ``.yaml`` or ``.yml`` file; every way a file can be malformed
     (syntax, YAML tags, a key given twice, nesting deeper than a config, a ``preset`` that names none) is a
     ``ValueError`` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".toml", ".yaml", ".yml"):
-        raise ValueError(f"{path}: a config file is .toml, .json, .yaml or .yml, not {suffix or 'without suffix'}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
-    parse = {".json": _parse_json, ".toml": _parse_toml}.get(suffix, _parse_yaml)
-    if parse is _parse_yaml and importlib.util.find_spec("yaml") is None:
-        raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the config as TOML or JSON")
-    if parse is _parse_toml:
-        _toml()  # a missing parser is no syntax error of the file
-    try:
-        tree = parse(text)
-    except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to be a config (at most {MAX_CONFIG_DEPTH} levels)") from None
-    except ValueError as error:
-        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({' '.join(str(error).split())})") from None
-    if tree is None and suffix in (".yaml", ".yml"):
-        tree = {}
-    if not isinstance(tree, Mapping):
-        raise ValueError(f"{path}: the top level must be a table of settings, got {type(tree).__name__}")
-    if _depth(tree) > MAX_CONFIG_DEPTH:
-        raise ValueError(f"{path}: nested too deeply to be a config (at most {MAX_CONFIG_DEPTH} levels)")
+    tree = read_tree_file(path)
     preset = tree.get("preset")
     if "preset" in tree and not (isinstance(preset, str) and (preset in PRESETS or preset == "none")):
         raise ValueError(f"{path}: preset must be one of {', '.join(PRESETS)} or none (as --preset), got {preset!r}")
-    return dict(tree)
+    return tree
 
 
-def _depth(tree) -> int:
-    """How many tables and lists deep ``tree`` is (iteratively, so that any depth is measured)."""
-    deepest, stack = 0, [(tree, 1)]
-    while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        if level > MAX_CONFIG_DEPTH:
-            break
-        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
-        stack.extend((child, level + 1) for child in children if isinstance(child, (Mapping, list)))
-    return deepest
-
-
-def _parse_json(text: str):
-    def table(pairs):
-        keys = [key for key, _ in pairs]
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
-        if repeated:
-            raise ValueError(f"the key {repeated[0]!r} is given twice in one table")
-        return dict(pairs)
-
-    return json.loads(text, object_pairs_hook=table)
-
-
-def _parse_yaml(text: str):
-    """``yaml.safe_load`` (no tags that build objects) with YAML 1.2 numbers -- ``3e-3`` is a number, as in TOML and
-    JSON, not the string YAML 1.1 makes of it -- and a key given twice in one table refused."""
-    import re
-
-    import yaml
-
-    class ConfigLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    repeated = key in seen
-                except TypeError:  # an unhashable key: the base class reports it
-                    break
-                if repeated:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a table", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    ConfigLoader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"))
-    try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass: no object tags
-    except yaml.YAMLError as error:
-        raise ValueError(str(error)) from None
-
-
-def _parse_toml(text: str):
-    return _toml().loads(text)  # TOML itself refuses a key given twice
-
-
-def _toml():
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ValueError("reading TOML on Python 3.10 needs tomli (pip install tomli); or write the config as "
-                             "JSON") from None
-    return tomllib
-
-
-# -- the leaves, for the command line, the docs and the tests ----------------------------------------------------------
-@dataclass(frozen=True)
-class Leaf:
-    """One setting: its dotted path, its field and the section class that declares it."""
-
-    path: str
-    field: Any
-    owner: type
-    hint: Any
-
-    @property
-    def help(self) -> str:
-        return self.field.metadata.get("help", "")
-
-    @property
-    def stages(self) -> tuple:
-        return self.field.metadata.get("stages", ())
-
-    @property
-    def flag(self) -> Optional[str]:
-        return self.field.metadata.get("flag")
-
-
-def leaves(cls=RunConfig, prefix: str = "") -> list[Leaf]:
-    """Every leaf setting of the tree, in declaration order (mapping settings are one leaf each)."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for item in fields(cls):
-        path = f"{prefix}{item.name}"
-        if item.metadata.get("section"):
-            out.extend(leaves(hints[item.name], f"{path}."))
-        else:
-            out.append(Leaf(path, item, cls, hints[item.name]))
-    return out
-
-
-def section_of(cls, path: str):
-    """The section class at a dotted path (``"crm.model"`` -> CrmModelConfig)."""
-    for key in filter(None, path.split(".")):
-        cls = typing.get_type_hints(cls)[key]
-    return cls
-
-
-def describe_default(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value)) if value else "(empty)"
-    if isinstance(value, Mapping):
-        return json.dumps(plain(value))
-    return str(value)
+def leaves() -> list[Leaf]:
+    """Every leaf setting of a run, in declaration order (mapping settings are one leaf each)."""
+    return leaves_of(RunConfig)
 
 
 __all__ = [
-    "CONFIG_FILE_NAME", "PRESET_HELP", "CrmConfig", "CrmModelConfig", "CrmTrainingConfig", "DataConfig", "EvalConfig", "KeyFlag",
-    "Leaf", "LlmConfig", "PRESETS", "PromptConfig", "RetrievalConfig", "RunConfig", "Section", "StudyConfig",
-    "TrackingConfig", "TuneConfig", "build", "coerce", "leaves", "merge", "parse_literal", "preset_tree", "read_config_file",
+    "CONFIG_FILE_NAME", "CRM_NAMES", "DATASETS", "DEFAULT_CRM_EMBED_DIM", "DEFAULT_CRM_HIDDEN_DIMS", "DEFAULT_K_LONG",
+    "DEFAULT_K_SHORT", "DTYPES", "MODEL_CHOICES", "POOLINGS", "PRESETS", "PRESET_HELP", "PROMPT_STYLES",
+    "PROMPT_TEMPLATES", "RESERVED_ADAPTER_KEYS", "RESERVED_TRAINING_KEYS", "RETRIEVAL_MODES", "SEED_RANGE",
+    "CrmConfig", "CrmModelConfig", "CrmTrainingConfig", "DataConfig", "EvalConfig", "LlmConfig", "PromptConfig",
+    "RetrievalConfig", "RunConfig", "StudyConfig", "TrackingConfig", "TuneConfig", "leaves", "preset_tree",
+    "read_config_file",
 ]

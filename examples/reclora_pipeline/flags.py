@@ -1,19 +1,20 @@
-"""Command-line flags generated from the config tree: one flag per setting, named by its path (``--retrieval.k_long``),
-the aliases its field declares (``--k-long``), ``--set PATH=VALUE`` for anything (keys of ``tune.adapter`` and
-``tune.training`` included) and ``--config FILE``. Help texts and defaults come from the fields; values are checked when
-the tree is built, so an error names the setting.
+"""Command-line flags generated from the config tree: one flag per setting, named by its path
+(``--retrieval.k_long``), the aliases its field declares (``--k-long``, ``--temperature`` for a key of
+``tune.adapter``), ``--set PATH=VALUE`` for anything (keys of ``tune.adapter`` and ``tune.training`` included) and
+``--config FILE``. Help texts and defaults come from the fields; values are checked when the tree is built, so an
+error names the setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
-from .config import (
-    Leaf, RunConfig, Section, build, describe_default, leaves, merge, nested, parse_literal, preset_tree, section_of,
-)
+from .config import RunConfig, leaves, preset_tree, read_config_file
+from .config_tree import Leaf, Section, build, describe_default, merge, nested, parse_literal, section_of
 
 DEST_PREFIX = "config:"
 
@@ -52,10 +53,7 @@ def _kind(hint) -> str:
 
 def _choices_text(leaf: Leaf) -> str:
     choices = leaf.field.metadata.get("choices")
-    if choices is None:
-        return ""
-    values = choices() if callable(choices) else choices
-    return f"; one of {', '.join(map(str, values))}" if values else ""
+    return f"; one of {', '.join(map(str, choices))}" if choices else ""
 
 
 def _metavar(leaf: Leaf) -> str:
@@ -185,8 +183,6 @@ def parse_set(text: str) -> tuple[str, Any]:
     if path in sections:
         raise ValueError(f"--set {text!r}: {path} is a section; set one of its settings (e.g. {path}."
                          f"{next(p for p in known if p.startswith(path + '.')).rsplit('.', 1)[-1]}=...)")
-    import difflib
-
     close = difflib.get_close_matches(path, list(known), n=3)
     raise ValueError(f"--set {text!r}: unknown setting {path!r}" + (f"; did you mean {', '.join(close)}?" if close
                                                                    else ""))
@@ -201,8 +197,6 @@ class ResolvedArgs(NamedTuple):
 def resolve_from_args(args: argparse.Namespace, targets: dict, preset: Optional[str]) -> ResolvedArgs:
     """The config of a command line: defaults < preset < ``--config`` files < flags < ``--set``, whether ``out`` was
     given, and which preset was chosen (a file's ``preset`` counts as ``--preset`` does)."""
-    from .config import read_config_file
-
     tree = RunConfig().to_dict()
     files = [read_config_file(path) for path in args.config_files]
     chosen = preset

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .artifacts import RunFolder
+from .artifacts import RunFolder, write_json_atomically
 from .config import RunConfig
 from .distributed import current_processes
 from .plan import plan_run
@@ -36,12 +36,13 @@ from .stages import retrieval as retrieval_stage
 from .stages import score as score_stage
 from .stages import tune as tune_stage
 from .stages.report import RunResult
+from .validation import validate
 
 
 def run_pipeline(config: RunConfig) -> RunResult:
     """Run every stage ``config`` asks for; returns the table (also in ``OUT/results.json``)."""
     started = time.perf_counter()
-    config.validate()
+    validate(config)
     plan = plan_run(config)  # every key, before anything is computed or written
     processes = current_processes()  # one, or those of torchrun / accelerate launch
     folder = RunFolder(config.out, log=_print, processes=processes)
@@ -52,7 +53,7 @@ def run_pipeline(config: RunConfig) -> RunResult:
 def _run(config: RunConfig, plan, folder: RunFolder, started: float) -> RunResult:
     processes = folder.processes
     if processes.main:
-        config.write(folder.config_path)
+        write_json_atomically(folder.config_path, config.to_dict())
     runtime = Runtime(progress=config.progress, processes=processes, report_to=config.tracking.report_to,
                       project=config.tracking.project,
                       tracking_dir=Path(config.tracking.logging_dir or folder.root / "tracking"))

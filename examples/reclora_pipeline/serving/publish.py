@@ -1,4 +1,5 @@
-"""Publishing a whole RecLoRA recommender to the Hugging Face Hub: the model card, the upload and ``push``.
+"""Publishing a whole RecLoRA recommender to the Hugging Face Hub: the model card and the upload, which
+``RecLoraRecommender.push_to_hub`` and the ``push`` command (``cli.py``) use.
 
     reclora-pipeline push --run runs/ml-100k --repo-id me/reclora-ml100k [--model RecLoRA] [--private]
                           [--revision REV] [--token T] [--dry-run] [--base-model ...]
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from huggingface_hub import HfApi, ModelCardData
+
+from ..llm import EMBEDDED_HUB_ID, GEMMA3_HUB_ID, is_embedded, is_gemma3, is_gguf_path
 from ..provenance import provenance_lines
 
 CARD_TAGS = ["reclora", "recommendation", "peft"]
@@ -62,8 +66,6 @@ def push_recommender(recommender, repo_id: str, *, private: bool = False, revisi
                             dry_run=dry_run)
         if dry_run:
             return result
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
         result.repo_id = getattr(url, "repo_id", None) or repo_id
@@ -75,26 +77,23 @@ def push_recommender(recommender, repo_id: str, *, private: bool = False, revisi
     return result
 
 
-# -- the model card ----------------------------------------------------------------------------------------------------
+# -- the model card ---------------------------------------------------------------------------------------------------
 def public_model_id(base_model: str) -> Optional[str]:
     """The Hub id a base model is known by: the named models' ids, a Hub id as it is, ``None`` for a local folder or
     .gguf file (its path means nothing elsewhere; ``--base-model`` records an id instead)."""
-    from ..llm import EMBEDDED_HUB_ID, GEMMA3_HUB_ID, is_embedded, is_gemma3, is_gguf_path
-
     if is_embedded(base_model):
         return EMBEDDED_HUB_ID
     if is_gemma3(base_model):
         return GEMMA3_HUB_ID
     text = str(base_model)
-    if is_gguf_path(text) or Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+    if (is_gguf_path(text) or Path(text).expanduser().exists() or text.startswith((".", "/", "~"))
+            or text.count("/") > 1):
         return None
     return text
 
 
 def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, example: Optional[dict] = None) -> str:
     """``README.md`` of a published recommender: metadata, metrics, dataset and split, parts, usage."""
-    from huggingface_hub import ModelCardData
-
     config = record.config
     base = record.base_model_to_load
     base_id = public_model_id(base)
@@ -128,8 +127,8 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         f"| short history (prompt) | {_history_text(record, 'short', base_id or base)} |",
         f"| long history (CRM) | {_history_text(record, 'long', base_id or base)} |",
         f"| prompt | template {config.prompt.template!r}, style {config.prompt.style!r}, answers "
-        f"{tokens.yes_token!r} / {tokens.no_token!r} (token ids {tokens.yes_token_id} / {tokens.no_token_id}), max_tokens "
-        f"{config.prompt.max_tokens} |",
+        f"{tokens.yes_token!r} / {tokens.no_token!r} (token ids {tokens.yes_token_id} / {tokens.no_token_id}), "
+        f"max_tokens {config.prompt.max_tokens} |",
         "",
         *([f"The adapter was trained on the weights `{base}` resolves to; load it on the same weights (`base_model=` "
            "of `from_pretrained`), since another copy of the model scores differently.", ""]
@@ -229,34 +228,3 @@ def _size(count: int) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count} B"
-
-
-# -- the command -------------------------------------------------------------------------------------------------------
-def add_push_command(subparsers) -> None:
-    """Add ``push`` to the ``reclora-pipeline`` subcommands."""
-    parser = subparsers.add_parser(
-        "push", allow_abbrev=False, help="publish a RecLoRA model of a run (adapter, CRM, vocabulary, catalog, retriever) to the Hub",
-        description="Save a RecLoRA model of a pipeline run with its CRM, vocabulary, catalog, retriever settings, "
-                    "prompt template and a model card, and upload the folder to a Hub repo as one commit.",
-    )
-    parser.add_argument("--run", required=True, type=Path, help="the pipeline run folder (OUT)")
-    parser.add_argument("--repo-id", required=True, help="the Hub repo, e.g. me/reclora-ml100k")
-    parser.add_argument("--model", default="RecLoRA", help="the model of the run to publish (default: RecLoRA)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--revision", default=None, help="the branch to upload to (created if needed)")
-    parser.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN)")
-    parser.add_argument("--base-model", default=None,
-                        help="the base model id to record instead of the run's (e.g. its Hub id)")
-    parser.add_argument("--commit-message", default="Upload RecLoRA recommender")
-    parser.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; upload nothing")
-    parser.set_defaults(handler=run_push)
-
-
-def run_push(args) -> int:
-    from .recommender import RecLoraRecommender
-
-    recommender = RecLoraRecommender.from_run(args.run, model=args.model, base_model=args.base_model, device="cpu")
-    result = recommender.push_to_hub(args.repo_id, private=args.private, revision=args.revision, token=args.token,
-                                     dry_run=args.dry_run, commit_message=args.commit_message)
-    print(result.describe())
-    return 0
