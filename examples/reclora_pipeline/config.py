@@ -50,6 +50,7 @@ PROMPT_STYLES = ("plain", "chat")  # views.prompts
 RETRIEVAL_MODES = ("semantic", "recent")
 POOLINGS = ("mean", "last")
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "8bit", "4bit")  # llm.quantization_config
 
 # -- defaults that lower layers (the retriever, the views, the CRM zoo) import rather than repeat ---------------------
 DEFAULT_K_LONG = 60
@@ -110,6 +111,11 @@ class LlmConfig(Section):
                               stages=("retrieval", "tune", "score"), flag="--base-model")
     dtype: Optional[str] = setting(None, "weights of the LLM (none: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES,
                                    stages=("retrieval", "tune", "score"), flag="--dtype")
+    quantization: str = setting("none", "bitsandbytes quantization of the base wherever it loads (tuning, scoring, "
+                                "item encoding, the published recommender): 'none', '8bit' (the paper's) or '4bit' "
+                                "(NF4); a quantized base computes in llm.dtype and loads onto each process's own "
+                                "device", choices=QUANTIZATIONS, stages=("retrieval", "tune", "score"),
+                                flag="--quantization")
 
     def check(self) -> None:
         if not self.base_model.strip():

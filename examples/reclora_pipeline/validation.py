@@ -10,6 +10,8 @@ trackers accelerate knows are for PEFT, transformers and accelerate to say.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from peft_reclora.ops import triton_available
@@ -46,6 +48,9 @@ def validate(config: RunConfig) -> RunConfig:
                                                                      and triton_available()):
         raise ValueError("tune.adapter.kernel_backend: 'triton' needs a CUDA GPU and Triton, and this machine has "
                          "none; use 'auto' (Triton where it runs), 'torch' or 'reference'")
+    if config.llm.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"llm.quantization: {config.llm.quantization!r} needs bitsandbytes: pip install "
+                         "'peft-reclora[bnb]'")
     problem = training_arguments_problem(config.tune.training)
     if problem:
         raise ValueError(f"tune.training: {problem}")
