@@ -14,8 +14,23 @@ from __future__ import annotations
 import torch
 
 from common import (
-    CRM_DIM, NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, fmt_pct,
-    make_batch, measure, model_variants, parse_args, print_table, run_variants, start_notes, wanted,
+    CRM_DIM,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    make_batch,
+    measure,
+    model_variants,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
     write_results,
 )
 

@@ -12,9 +12,21 @@ Reported per variant and batch size: ms per ``generate`` call (median), generate
 from __future__ import annotations
 
 from common import (
-    PRESETS, build_causal_lm, default_output, dtype_name, environment, fmt_pct, make_batch, parse_args, print_table,
-    run_variants, start_notes, wanted, write_results,
+    PRESETS,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    make_batch,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
+    write_results,
 )
+
 
 VARIANTS = ("base", "reclora-torch", "reclora-triton", "peft-lora-r8-defaults")
 SETTINGS = {

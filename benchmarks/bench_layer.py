@@ -15,10 +15,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import (
-    BASELINES, CRM_DIM, LORA_ALPHA, NUM_META_LORAS, PRESETS, RANK, default_output, dtype_name, environment, fmt_pct,
-    measure, measure_interleaved, meta_lora_call, parse_args, print_table, synchronize, start_notes, wanted,
+    BASELINES,
+    CRM_DIM,
+    LORA_ALPHA,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    measure,
+    measure_interleaved,
+    meta_lora_call,
+    parse_args,
+    print_table,
+    start_notes,
+    synchronize,
+    wanted,
     write_results,
 )
+
 
 PASSES = ("fwd", "fwd+bwd")
 

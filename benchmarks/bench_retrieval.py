@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from reclora_pipeline.data.history import history_ends  # noqa: E402
 from reclora_pipeline.retriever import recent_k, semantic_top_k  # noqa: E402
+
 
 ML25M = {"users": 162_541, "items": 59_047, "interactions": 25_000_095}
 

@@ -20,10 +20,22 @@ import torch
 from peft import get_peft_model
 
 import peft_reclora
+
 from common import (
-    CRM_DIM, PRESETS, build_causal_lm, default_output, dtype_name, environment, make_batch, measure_interleaved,
-    parse_args, print_table, reclora_config, write_results,
+    CRM_DIM,
+    PRESETS,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    make_batch,
+    measure_interleaved,
+    parse_args,
+    print_table,
+    reclora_config,
+    write_results,
 )
+
 
 SETTINGS = {
     "cpu": dict(batch=16, seq_len=64, users=[1, 2, 4, 8, 16]),

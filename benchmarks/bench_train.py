@@ -15,8 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from common import (
-    NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, make_batch,
-    model_variants, parse_args, print_table, run_variants, start_notes, wanted, write_results,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    make_batch,
+    model_variants,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
+    write_results,
 )
 
 

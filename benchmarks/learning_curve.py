@@ -25,6 +25,7 @@ import pandas as pd
 from reclora_pipeline import uncertainty
 from reclora_pipeline.plots import plot_sample_efficiency
 
+
 SHUFFLED = " (shuffled R_c)"
 
 

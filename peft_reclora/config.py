@@ -12,6 +12,7 @@ from peft.utils import PeftType
 from .ops import BACKENDS, MIXING_MODES
 from .peft_type import ensure_reclora_peft_type
 
+
 GATE_SHARING_MODES = ("shared", "per_module")
 
 

@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 
+
 try:
     from torch.distributed._composable.contract import _get_registry
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -43,6 +44,7 @@ except ImportError:  # a PyTorch build without torch.distributed has neither kin
     CheckpointWrapper, _get_registry = (), None
 
 from .ops import BACKEND_ENV_VAR, resolve_backend
+
 
 CRM_KWARG = "crm_embeds"
 

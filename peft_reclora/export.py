@@ -28,6 +28,7 @@ from .base_weights import check_same_base
 from .crm_context import validate_crm_embeds
 from .sharding import gathered
 
+
 if TYPE_CHECKING:
     from .model import RecLoraModel
 

@@ -21,6 +21,7 @@ from huggingface_hub import HfApi, ModelCard
 from .config import RecLoraConfig
 from .tags import MODEL_TAGS
 
+
 SECTION_MARKER = "<!-- reclora-adapter-card -->"
 SECTION_END = "<!-- /reclora-adapter-card -->"
 SOURCE_PLACEHOLDER = "<this repository or folder>"

@@ -7,15 +7,15 @@ import warnings
 from typing import Optional
 
 import torch
-from torch import nn
-
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
+from torch import nn
 
 from .config import RecLoraConfig
 from .crm_context import CrmContext
 from .gate import RecLoraGate
 from .ops import compute_dtype, meta_lora
+
 
 MERGE_ERROR = (
     "RecLoRA adapters cannot be merged into the base weights: the adapter update depends on each sample's "

@@ -6,9 +6,6 @@ import contextlib
 from typing import Iterable, Iterator, Optional, Union
 
 import torch
-from torch import nn
-from transformers.pytorch_utils import Conv1D
-
 from peft.tuners.tuners_utils import (
     BaseTuner,
     BaseTunerLayer,
@@ -16,6 +13,8 @@ from peft.tuners.tuners_utils import (
     _get_tuner_state_dict_key_prefixes,
 )
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .config import RecLoraConfig
 from .crm_context import (
@@ -31,6 +30,7 @@ from .layer import MERGE_ERROR, Linear, RecLoraLayer
 from .saving import check_tensors_to_save
 from .sharding import gathered
 from .tags import MODEL_TAGS
+
 
 # RecLoRA adapts the attention query/value projections, like LoRA's defaults; PEFT's map lacks the architectures whose
 # query, key and value share one fused projection (Phi-3) and Gemma 3's multimodal wrapper, whose text decoder

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from peft.utils import PeftType
 
+
 RECLORA = "RECLORA"
 
 

@@ -18,6 +18,7 @@ from .config import RecLoraConfig
 from .model import RecLoraModel
 from .peft_type import RECLORA, ensure_reclora_peft_type
 
+
 METHOD_NAME = "reclora"
 MISSING_REGISTRATION = (
     "PEFT does not know the adapter type 'RECLORA': run `import peft_reclora` before loading a RecLoRA adapter "

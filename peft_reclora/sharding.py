@@ -19,10 +19,9 @@ import functools
 from typing import Iterable, Iterator
 
 import torch
-from torch import nn
-
 from peft.utils.integrations import gather_params_ctx
 from peft.utils.other import fsdp_auto_wrap_policy as peft_fsdp_auto_wrap_policy
+from torch import nn
 
 from .gate import RecLoraGate
 from .layer import RecLoraLayer

@@ -31,6 +31,7 @@ from .reference import meta_lora_reference
 from .shapes import MIXING_MODES, check_meta_lora_shapes
 from .torch_fused import meta_lora_torch
 
+
 BACKENDS = ("auto", "torch", "triton", "reference")  # RecLoraConfig.kernel_backend takes these
 BACKEND_ENV_VAR = "PEFT_RECLORA_BACKEND"
 

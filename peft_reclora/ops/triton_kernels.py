@@ -57,6 +57,7 @@ import torch
 from .autocast import backward_without_autocast
 from .torch_fused import input_and_base_grads, meta_lora_torch
 
+
 try:
     import triton
 
