@@ -14,8 +14,23 @@ from __future__ import annotations
 import torch
 
 from common import (
-    CRM_DIM, NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, fmt_pct,
-    make_batch, measure, model_variants, parse_args, print_table, run_variants, start_notes, wanted,
+    CRM_DIM,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    make_batch,
+    measure,
+    model_variants,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
     write_results,
 )
 
@@ -48,8 +63,8 @@ def main():
 
         results = run_variants(args, model, names, make_step, inference=True)
         for name in names:
-            row = dict(variant=name, batch=batch_size, seq_len=preset["seq_len"], tokens=batch_size * preset["seq_len"],
-                       dtype=dtype_name(args.dtype), **results[name])
+            row = dict(variant=name, batch=batch_size, seq_len=preset["seq_len"],
+                       tokens=batch_size * preset["seq_len"], dtype=dtype_name(args.dtype), **results[name])
             row["samples_per_s"] = batch_size / (row["ms"] / 1e3) if row.get("ms") else None
             rows.append(row)
         if wanted(args, "gate"):
@@ -62,12 +77,15 @@ def main():
         if "base" in same:
             row["pct_of_base"] = fmt_pct(100.0 * row["samples_per_s"] / same["base"]["samples_per_s"])
         if "peft-lora-r8-defaults" in same:
-            row["vs_peft_r8_defaults"] = round(row["samples_per_s"] / same["peft-lora-r8-defaults"]["samples_per_s"], 3)
+            row["vs_peft_r8_defaults"] = round(
+                row["samples_per_s"] / same["peft-lora-r8-defaults"]["samples_per_s"], 3
+            )
         low = f"peft-lora-r8-{dtype_name(args.dtype)}-adapters"
         if low in same:
             row[f"vs_peft_r8_{dtype_name(args.dtype)}"] = round(row["samples_per_s"] / same[low]["samples_per_s"], 3)
 
-    fused = "reclora-triton" if any(r["variant"] == "reclora-triton" and r.get("ms") for r in rows) else "reclora-torch"
+    fused = ("reclora-triton" if any(r["variant"] == "reclora-triton" and r.get("ms") for r in rows)
+             else "reclora-torch")
     for row in rows:
         if row["variant"] != fused or row.get("pct_of_base") is None:
             continue

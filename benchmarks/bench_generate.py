@@ -12,9 +12,21 @@ Reported per variant and batch size: ms per ``generate`` call (median), generate
 from __future__ import annotations
 
 from common import (
-    PRESETS, build_causal_lm, default_output, dtype_name, environment, fmt_pct, make_batch, parse_args, print_table,
-    run_variants, start_notes, wanted, write_results,
+    PRESETS,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    make_batch,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
+    write_results,
 )
+
 
 VARIANTS = ("base", "reclora-torch", "reclora-triton", "peft-lora-r8-defaults")
 SETTINGS = {
@@ -57,8 +69,8 @@ def main():
             row["pct_of_base"] = fmt_pct(100.0 * base["ms"] / row["ms"])
     columns = ["variant", "batch", "prompt_len", "new_tokens", "adapter_dtype", "ms", "tokens_per_s", "pct_of_base",
                "peak_mem_gb", "skipped"]
-    print_table(rows, columns, title=f"bench_generate, preset {args.preset} ({preset['model_name']}), {env['device']}, "
-                                     f"{env['date']}")
+    print_table(rows, columns, title=f"bench_generate, preset {args.preset} ({preset['model_name']}), "
+                                     f"{env['device']}, {env['date']}")
     for line in notes:
         print(line)
     settings = dict(model=preset["model_name"], model_config=preset["model"], dtype=dtype_name(args.dtype), **shape,

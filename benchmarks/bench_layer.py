@@ -15,10 +15,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import (
-    BASELINES, CRM_DIM, LORA_ALPHA, NUM_META_LORAS, PRESETS, RANK, default_output, dtype_name, environment, fmt_pct,
-    measure, measure_interleaved, meta_lora_call, parse_args, print_table, synchronize, start_notes, wanted,
+    BASELINES,
+    CRM_DIM,
+    LORA_ALPHA,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    default_output,
+    dtype_name,
+    environment,
+    fmt_pct,
+    measure,
+    measure_interleaved,
+    meta_lora_call,
+    parse_args,
+    print_table,
+    start_notes,
+    synchronize,
+    wanted,
     write_results,
 )
+
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -220,12 +237,14 @@ def summarize(rows: list[dict], preset: str) -> list[str]:
         return next((r for r in rows if r["variant"] == variant and r["pass"] == pass_name and r["tokens"] == tokens
                      and r.get("d_out") == d_out and r.get("ms")), None)
 
-    fused = "reclora-triton" if any(r["variant"] == "reclora-triton" and r.get("ms") for r in rows) else "reclora-torch"
+    fused = ("reclora-triton" if any(r["variant"] == "reclora-triton" and r.get("ms") for r in rows)
+             else "reclora-torch")
     loop_ratios = []
     for row in rows:
         if row["variant"] != fused or not row.get("ms"):
             continue
-        parts = [f"{fused} {row['pass']} T={row['tokens']} d_out={row['d_out']}: +{row.get('overhead_pct')}% over base"]
+        parts = [f"{fused} {row['pass']} T={row['tokens']} d_out={row['d_out']}: "
+                 f"+{row.get('overhead_pct')}% over base"]
         for other in ("naive-expert-loop", "reference-loop", "merged-per-sample", "published-weight-mixing",
                       "peft-lora-r8-defaults", f"peft-lora-r128-{row['dtype']}-adapters"):
             ref = find(other, row["pass"], row["tokens"], row["d_out"])
@@ -252,7 +271,8 @@ def summarize(rows: list[dict], preset: str) -> list[str]:
             if row:
                 gap = row["overhead_pct"] - limit
                 status = "met" if gap <= 0 else f"missed by {gap:.1f} points"
-                lines.append(f"goal: {pass_name} overhead at T={tokens} <= {limit:g}%: {row['overhead_pct']}% ({status})")
+                lines.append(f"goal: {pass_name} overhead at T={tokens} <= {limit:g}%: {row['overhead_pct']}% "
+                             f"({status})")
     return lines
 
 
@@ -288,8 +308,9 @@ def main():
     if wanted(args, "gate"):
         rows += gate_rows(args)
     for check in checks:
-        line = (f"check {check['backend']} {check['dtype']} d_in={check['d_in']} d_out={check['d_out']}: max relative "
-                f"error {check['max_relative_error']:.2e} vs float64 reference ({'ok' if check['passed'] else 'FAILED'})")
+        line = (f"check {check['backend']} {check['dtype']} d_in={check['d_in']} d_out={check['d_out']}: max "
+                f"relative error {check['max_relative_error']:.2e} vs float64 reference "
+                f"({'ok' if check['passed'] else 'FAILED'})")
         notes.append(line)
     notes += summarize(rows, args.preset)
     columns = ["variant", "pass", "tokens", "d_in", "d_out", "ms", "adapter_ms", "overhead_pct", "skipped"]

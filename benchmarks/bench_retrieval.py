@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from reclora_pipeline.data.history import history_ends  # noqa: E402
 from reclora_pipeline.retriever import recent_k, semantic_top_k  # noqa: E402
+
 
 ML25M = {"users": 162_541, "items": 59_047, "interactions": 25_000_095}
 
@@ -126,7 +128,8 @@ def main(argv=None) -> dict:
     # take them all without scoring).
     scored = history_length[rows] > min(args.k_long, args.k_short)
     pairs = int(history_length[rows][scored].sum())
-    all_pairs = int(history_length[(history_length >= args.min_history) & (history_length > min(args.k_long, args.k_short))].sum())
+    all_pairs = int(history_length[(history_length >= args.min_history)
+                                   & (history_length > min(args.k_long, args.k_short))].sum())
     del history_length
 
     print(f"synthetic ML-25M shape: {args.users:,} users, {args.items:,} items, {args.interactions:,} ratings "
@@ -156,10 +159,12 @@ def main(argv=None) -> dict:
         "benchmark": "bench_retrieval",
         "description": "retrieval on a synthetic dataset of MovieLens-25M's shape",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "device": args.device if args.device != "cpu" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "device": (args.device if args.device != "cpu"
+                   else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"),
         "shape": {"users": args.users, "items": args.items, "interactions": args.interactions,
-                  "samples": all_samples, "ratings_per_user": {"min": int(lengths.min()), "median": float(np.median(lengths)),
-                                                               "mean": float(lengths.mean()), "max": int(lengths.max())},
+                  "samples": all_samples,
+                  "ratings_per_user": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                                       "mean": float(lengths.mean()), "max": int(lengths.max())},
                   "target_history_pairs": all_pairs, "dim": args.dim},
         "measured": {"fraction_of_users": args.fraction, "samples": int(len(rows)), "target_history_pairs": pairs,
                      "semantic_seconds": semantic_seconds, "semantic_memory": semantic_memory,
@@ -173,8 +178,9 @@ def main(argv=None) -> dict:
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
-    print(f"semantic: {semantic_seconds:.1f}s for {len(rows):,} samples ({result['measured']['pairs_per_second']:.3g} "
-          f"pairs/s), peak RSS {semantic_memory['rss_peak_gib']:.2f} GiB (before {semantic_memory['rss_before_gib']:.2f}, "
+    print(f"semantic: {semantic_seconds:.1f}s for {len(rows):,} samples "
+          f"({result['measured']['pairs_per_second']:.3g} pairs/s), "
+          f"peak RSS {semantic_memory['rss_peak_gib']:.2f} GiB (before {semantic_memory['rss_before_gib']:.2f}, "
           f"output {semantic_memory['output_gib']:.2f})")
     if args.fraction < 1:
         print(f"  extrapolated to all users by scored pairs: {result['extrapolated_full_semantic_seconds']:.0f}s")

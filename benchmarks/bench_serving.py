@@ -20,10 +20,22 @@ import torch
 from peft import get_peft_model
 
 import peft_reclora
+
 from common import (
-    CRM_DIM, PRESETS, build_causal_lm, default_output, dtype_name, environment, make_batch, measure_interleaved,
-    parse_args, print_table, reclora_config, write_results,
+    CRM_DIM,
+    PRESETS,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    make_batch,
+    measure_interleaved,
+    parse_args,
+    print_table,
+    reclora_config,
+    write_results,
 )
+
 
 SETTINGS = {
     "cpu": dict(batch=16, seq_len=64, users=[1, 2, 4, 8, 16]),
@@ -33,6 +45,41 @@ SETTINGS = {
 
 def adapter_mib(model, marker: str) -> float:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if marker in n) / 2**20
+
+
+def measure_users(base, reclora, inputs: dict, user_crm: torch.Tensor, shape: dict, args) -> list[dict]:
+    """One row per path for a batch whose row i belongs to user i % users. The users' exported LoRAs live only in this
+    call, so each number of users starts without the previous one's adapters in memory."""
+    users = user_crm.shape[0]
+    of_row = [i % users for i in range(shape["batch"])]
+    names = [f"user{i}" for i in range(users)]
+    started = time.perf_counter()
+    lora = peft_reclora.personalized_lora_model(copy.deepcopy(base), reclora, user_crm, names)
+    export_s = time.perf_counter() - started
+    crm_rows = user_crm[of_row]
+    adapter_names = [names[i] for i in of_row]
+    with torch.inference_mode():
+        diff = (reclora(**inputs, crm_embeds=crm_rows, logits_to_keep=1).logits.float()
+                - lora(**inputs, adapter_names=adapter_names, logits_to_keep=1).logits.float()).abs().max().item()
+        timings = measure_interleaved(
+            {
+                "reclora": lambda: reclora(**inputs, crm_embeds=crm_rows, logits_to_keep=1),
+                "peft-mixed-batch-loras": lambda: lora(**inputs, adapter_names=adapter_names, logits_to_keep=1),
+            },
+            args.device, args.warmup, args.repeats, flush_l2=False,
+        )
+    memory = {"reclora": adapter_mib(reclora, "reclora_"), "peft-mixed-batch-loras": adapter_mib(lora, "lora_")}
+    rows = []
+    for variant, timing in timings.items():
+        row = dict(variant=variant, users=users, batch=shape["batch"], seq_len=shape["seq_len"],
+                   dtype=dtype_name(args.dtype), adapter_mib=round(memory[variant], 2), **timing)
+        if row.get("ms"):
+            row["samples_per_s"] = round(shape["batch"] / (row["ms"] / 1e3), 2)
+        if variant != "reclora":
+            row["export_s"] = round(export_s, 3)
+            row["max_abs_diff_vs_reclora"] = diff
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -53,34 +100,7 @@ def main():
             continue
         print(f"{users} distinct user(s) in a batch of {shape['batch']}", flush=True)
         user_crm = torch.randn(users, CRM_DIM, generator=generator).to(args.device)
-        of_row = [i % users for i in range(shape["batch"])]
-        names = [f"user{i}" for i in range(users)]
-        started = time.perf_counter()
-        lora = peft_reclora.personalized_lora_model(copy.deepcopy(base), reclora, user_crm, names)
-        export_s = time.perf_counter() - started
-        crm_rows = user_crm[of_row]
-        adapter_names = [names[i] for i in of_row]
-        with torch.inference_mode():
-            diff = (reclora(**inputs, crm_embeds=crm_rows, logits_to_keep=1).logits.float()
-                    - lora(**inputs, adapter_names=adapter_names, logits_to_keep=1).logits.float()).abs().max().item()
-            timings = measure_interleaved(
-                {
-                    "reclora": lambda: reclora(**inputs, crm_embeds=crm_rows, logits_to_keep=1),
-                    "peft-mixed-batch-loras": lambda: lora(**inputs, adapter_names=adapter_names, logits_to_keep=1),
-                },
-                args.device, args.warmup, args.repeats, flush_l2=False,
-            )
-        memory = {"reclora": adapter_mib(reclora, "reclora_"), "peft-mixed-batch-loras": adapter_mib(lora, "lora_")}
-        for variant, timing in timings.items():
-            row = dict(variant=variant, users=users, batch=shape["batch"], seq_len=shape["seq_len"],
-                       dtype=dtype_name(args.dtype), adapter_mib=round(memory[variant], 2), **timing)
-            if row.get("ms"):
-                row["samples_per_s"] = round(shape["batch"] / (row["ms"] / 1e3), 2)
-            if variant != "reclora":
-                row["export_s"] = round(export_s, 3)
-                row["max_abs_diff_vs_reclora"] = diff
-            rows.append(row)
-        del lora
+        rows.extend(measure_users(base, reclora, inputs, user_crm, shape, args))
     for users in sorted({r["users"] for r in rows}):
         pair = {r["variant"]: r for r in rows if r["users"] == users}
         if pair["reclora"].get("ms") and pair["peft-mixed-batch-loras"].get("ms"):

@@ -15,8 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from common import (
-    NUM_META_LORAS, PRESETS, RANK, build_causal_lm, default_output, dtype_name, environment, make_batch,
-    model_variants, parse_args, print_table, run_variants, start_notes, wanted, write_results,
+    NUM_META_LORAS,
+    PRESETS,
+    RANK,
+    build_causal_lm,
+    default_output,
+    dtype_name,
+    environment,
+    make_batch,
+    model_variants,
+    parse_args,
+    print_table,
+    run_variants,
+    start_notes,
+    wanted,
+    write_results,
 )
 
 
@@ -109,8 +122,8 @@ def main():
     settings = dict(model=preset["model_name"], model_config=preset["model"], batch_size=batch_size, seq_len=seq_len,
                     dtype=dtype_name(args.dtype), num_meta_loras=NUM_META_LORAS, r=RANK,
                     target_modules=["q_proj", "v_proj"], optimizer="AdamW lr=1e-4 on trainable parameters",
-                    loss="cross-entropy of the last position's logits (logits_to_keep=1)", gradient_checkpointing=False,
-                    warmup=args.warmup, repeats=args.repeats,
+                    loss="cross-entropy of the last position's logits (logits_to_keep=1)",
+                    gradient_checkpointing=False, warmup=args.warmup, repeats=args.repeats,
                     timing="median ms per step; CUDA: CUDA events, variants one after the other; CPU: variants on "
                            "separate model copies, timed round-robin")
     path = write_results(args.output or default_output("bench_train", args.preset, args.device), "bench_train", args,

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_x.py` from a checkout
@@ -34,6 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import peft_reclora  # noqa: E402  (registers RecLoRA with PEFT)
 from peft_reclora.ops import meta_lora  # noqa: E402
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -163,7 +165,8 @@ def print_table(rows: list[dict], columns: list[str], title: str = "") -> None:
         return str(value)
 
     table = [[cell(row.get(column)) for column in columns] for row in rows]
-    widths = [max(len(column), *(len(r[i]) for r in table)) if table else len(column) for i, column in enumerate(columns)]
+    widths = [max(len(column), *(len(r[i]) for r in table)) if table else len(column)
+              for i, column in enumerate(columns)]
     if title:
         print(f"\n{title}")
     print("| " + " | ".join(column.ljust(w) for column, w in zip(columns, widths)) + " |")
@@ -359,7 +362,8 @@ class BaselineAdapterLinear(nn.Module):
         self.num_meta_loras, self.scaling = num_meta_loras, scaling
         device = base.weight.device
         total = num_meta_loras * rank
-        self.lora_A = nn.Parameter(torch.randn(total, base.in_features, device=device, dtype=dtype) / base.in_features**0.5)
+        self.lora_A = nn.Parameter(torch.randn(total, base.in_features, device=device, dtype=dtype)
+                                   / base.in_features**0.5)
         self.lora_B = nn.Parameter(0.01 * torch.randn(base.out_features, total, device=device, dtype=dtype))
 
     def forward(self, x):
@@ -469,7 +473,8 @@ def adapted(variant: str, model: nn.Module, dtype: torch.dtype):
     if variant == "base":
         yield AdaptedModel(variant, model)
     elif variant.startswith("reclora-"):
-        backend = {"reclora-torch": "torch", "reclora-triton": "triton", "reclora-reference-loop": "reference"}[variant]
+        backend = {"reclora-torch": "torch", "reclora-triton": "triton",
+                   "reclora-reference-loop": "reference"}[variant]
         peft_model = get_peft_model(model, reclora_config(backend))
         try:
             yield AdaptedModel(variant, peft_model, takes_crm=True)
@@ -518,8 +523,8 @@ def run_variants(args, model: nn.Module, names: list[str], make_step: Callable[[
                     reset_peak_memory(device)
                     with grad_mode():
                         timing = measure(step, device, args.warmup, args.repeats, flush_l2=False)
-                    results[name] = dict(timing, peak_mem_gb=peak_memory_gb(device), adapter_dtype=runner.adapter_dtype(),
-                                         **_step_info(step))
+                    results[name] = dict(timing, peak_mem_gb=peak_memory_gb(device),
+                                         adapter_dtype=runner.adapter_dtype(), **_step_info(step))
                     step = None
             except Exception as error:
                 if not is_out_of_memory(error):
@@ -592,9 +597,9 @@ def _fmt(value):
 def render_markdown(document: dict) -> str:
     """A compact markdown table of one results file, with its device, versions and date."""
     versions = document["versions"]
-    header = (f"{document['benchmark']}, preset `{document['preset']}`: {document['device']}; torch {versions['torch']}, "
-              f"triton {versions.get('triton')}, transformers {versions.get('transformers')}, peft {versions.get('peft')}; "
-              f"{document['date']}")
+    header = (f"{document['benchmark']}, preset `{document['preset']}`: {document['device']}; "
+              f"torch {versions['torch']}, triton {versions.get('triton')}, "
+              f"transformers {versions.get('transformers')}, peft {versions.get('peft')}; {document['date']}")
     rows = document["rows"]
     lines = [header, ""]
     if document["benchmark"] == "bench_layer":
@@ -640,7 +645,8 @@ def render_markdown(document: dict) -> str:
             lines.append("")
             lines.append("Gate, once per batch: " + ", ".join(f"B={g['batch']} {_fmt(g['ms'])} ms" for g in gates))
     else:
-        lines.append("| variant | ms / step | x PEFT r=8 defaults | peak GB | x PEFT r=128 memory | trainable params |")
+        lines.append("| variant | ms / step | x PEFT r=8 defaults | peak GB "
+                     "| x PEFT r=128 memory | trainable params |")
         lines.append("|---|---|---|---|---|---|")
         for row in rows:
             lines.append(f"| {row['variant']} | {_fmt(row.get('ms'))} | {_fmt(row.get('time_vs_peft_r8_defaults'))} | "

@@ -25,6 +25,7 @@ import pandas as pd
 from reclora_pipeline import uncertainty
 from reclora_pipeline.plots import plot_sample_efficiency
 
+
 SHUFFLED = " (shuffled R_c)"
 
 
@@ -110,10 +111,12 @@ def main() -> None:
     for row in summary["rows"]:
         auc, diff = row["auc"], row[f"minus_{args.crm}"]
         shuffled = row.get("shuffled_rc_auc", {}).get("estimate")
-        print(f"{row['model']:12s} N={row['few_shot']:<5d} AUC {auc['estimate']:.4f} [{auc['low']:.4f}, {auc['high']:.4f}]"
+        print(f"{row['model']:12s} N={row['few_shot']:<5d} AUC {auc['estimate']:.4f} "
+              f"[{auc['low']:.4f}, {auc['high']:.4f}]"
               f"  LogLoss {row['logloss']['estimate']:.4f}  - {args.crm} {diff['difference']:+.4f} "
               f"[{diff['low']:+.4f}, {diff['high']:+.4f}] p={diff['p_value']:.3g}"
-              f"  Spearman {row[f'spearman_with_{args.crm}']:.3f}" + (f"  R_c shuffled {shuffled:.4f}" if shuffled else ""))
+              f"  Spearman {row[f'spearman_with_{args.crm}']:.3f}"
+              + (f"  R_c shuffled {shuffled:.4f}" if shuffled else ""))
     for name, trend in summary[f"trend_minus_{args.crm}_auc_vs_log2_few_shot"].items():
         print(f"trend {name} - {args.crm}: {trend['per_doubling']:+.4f} AUC per doubling of the few-shot size")
 

@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 
 from .versions import check_supported_versions
 
+
 check_supported_versions()  # before PEFT is imported: an unsupported release would fail on a private name instead
 
 from .peft_type import ensure_reclora_peft_type  # noqa: E402
+
 
 ensure_reclora_peft_type()
 
@@ -29,6 +31,7 @@ from .model import RecLoraModel  # noqa: E402
 from .ops import meta_lora  # noqa: E402
 from .registration import RecLoraNotRegisteredError, explain_missing_registration, register  # noqa: E402
 from .sharding import fsdp_auto_wrap_policy  # noqa: E402
+
 
 register()
 

@@ -11,6 +11,7 @@ import os
 
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
+
 # What PEFT's save_pretrained writes, in the order PEFT's loader looks for the weights.
 WEIGHTS_FILES = (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
 

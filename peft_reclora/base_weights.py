@@ -15,6 +15,7 @@ import torch
 
 from .sharding import gathered
 
+
 ADAPTER_PREFIX = "reclora_"  # RecLoraModel.prefix: the adapter's own parameters are not the base's
 # PEFT wrappers around a base module: the original weights live under these names.
 WRAPPER_PARTS = (".base_layer.", ".original_module.")

@@ -12,6 +12,7 @@ from peft.utils import PeftType
 from .ops import BACKENDS, MIXING_MODES
 from .peft_type import ensure_reclora_peft_type
 
+
 GATE_SHARING_MODES = ("shared", "per_module")
 
 
@@ -37,8 +38,8 @@ class RecLoraConfig(PeftConfig):
         num_meta_loras (`int`): Number of meta-LoRA pairs N_m per adapted layer.
         gate_hidden_dim (`int`): Hidden width of the gate network (the published code used 60).
         temperature (`float`): Softmax temperature t_p of the gate; larger is smoother.
-        gate_dropout (`float`): Dropout inside the gate (after the ReLU). One mask per sample and forward call is shared
-            by every layer, so a shared gate still yields one alpha per sample.
+        gate_dropout (`float`): Dropout inside the gate (after the ReLU). One mask per sample and forward call is
+            shared by every layer, so a shared gate still yields one alpha per sample.
         gate_sharing (`str`): ``"shared"``: one gate per adapter, used by every adapted layer (the paper);
             ``"per_module"``: one gate per adapted module (the published code).
         mixing (`str`): ``"output"``: sum_k alpha_k (x A_k) B_k (the paper's Eq. 11, rank up to N_m * r);
@@ -127,7 +128,9 @@ class RecLoraConfig(PeftConfig):
             if not 0.0 <= finite_number(name) < 1.0:
                 raise ValueError(f"RecLoraConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.gate_sharing not in GATE_SHARING_MODES:
-            raise ValueError(f"RecLoraConfig.gate_sharing must be one of {GATE_SHARING_MODES}, got {self.gate_sharing!r}")
+            raise ValueError(
+                f"RecLoraConfig.gate_sharing must be one of {GATE_SHARING_MODES}, got {self.gate_sharing!r}"
+            )
         if self.mixing not in MIXING_MODES:
             raise ValueError(f"RecLoraConfig.mixing must be one of {MIXING_MODES}, got {self.mixing!r}")
         if self.kernel_backend not in BACKENDS:

@@ -8,9 +8,9 @@ reset when the call ends (also when it raises), so a layer reached after the cal
 finds no CRM and raises instead of reusing an earlier one.
 
 Design points, each one forced by a way a simpler alternative fails:
-- ``CrmContext`` (one per model, a plain object, not an ``nn.Module``: no parameters, nothing in state dicts) holds what
-  belongs to the model: the gates' dropout settings and dtypes, and the checkpointing bookkeeping. ``CrmCall`` holds
-  what belongs to one call: the validated CRM tensor, its gate dropout masks, alpha and backend caches.
+- ``CrmContext`` (one per model, a plain object, not an ``nn.Module``: no parameters, nothing in state dicts) holds
+  what belongs to the model: the gates' dropout settings and dtypes, and the checkpointing bookkeeping. ``CrmCall``
+  holds what belongs to one call: the validated CRM tensor, its gate dropout masks, alpha and backend caches.
 - Gradient checkpointing (transformers' own, or PyTorch's ``checkpoint_wrapper``) re-runs the layers during
   backward, after the call has returned (and, on GPUs, in autograd's own threads). The call of a checkpointed training
   forward is therefore kept as the model's *pending backward call* and used only by layers running inside backward. A
@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 
+
 try:
     from torch.distributed._composable.contract import _get_registry
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -43,6 +44,7 @@ except ImportError:  # a PyTorch build without torch.distributed has neither kin
     CheckpointWrapper, _get_registry = (), None
 
 from .ops import BACKEND_ENV_VAR, resolve_backend
+
 
 CRM_KWARG = "crm_embeds"
 
@@ -193,9 +195,9 @@ class CrmContext:
         call = self.current_call()
         if call is None:
             raise ValueError(
-                f"The RecLoRA adapter '{adapter_name}' needs `crm_embeds`, but its layer was reached outside a call of "
-                "the RecLoRA model: pass crm_embeds=<tensor of shape (batch, crm_dim)> to the PEFT model's forward() "
-                "or generate(); to run an inner module directly, wrap it in `with "
+                f"The RecLoRA adapter '{adapter_name}' needs `crm_embeds`, but its layer was reached outside a call "
+                "of the RecLoRA model: pass crm_embeds=<tensor of shape (batch, crm_dim)> to the PEFT model's "
+                "forward() or generate(); to run an inner module directly, wrap it in `with "
                 "model.base_model.use_crm_embeds(crm_embeds):`; or run the base model inside `with "
                 "model.disable_adapter():`."
             )
@@ -207,7 +209,9 @@ class CrmContext:
             )
         return call
 
-    def gate(self, call: CrmCall, adapter_name: str, gate_module, batch_size: int, device: torch.device) -> torch.Tensor:
+    def gate(
+        self, call: CrmCall, adapter_name: str, gate_module, batch_size: int, device: torch.device
+    ) -> torch.Tensor:
         """Mixing weights (batch_size, num_meta_loras) of ``gate_module`` for ``call``, on ``device``.
 
         Inside ``generate``, beam search and ``num_return_sequences`` expand the batch by interleaving rows, so the CRM
@@ -224,8 +228,9 @@ class CrmContext:
             factor = batch_size // crm_batch if crm_batch and batch_size % crm_batch == 0 else None
             if factor not in call.batch_multiples:
                 raise ValueError(
-                    f"`crm_embeds` has batch size {crm_batch} but the adapted layer sees batch size {batch_size}; pass "
-                    "one CRM row per sample (rows are repeated only for generate's beams and num_return_sequences)"
+                    f"`crm_embeds` has batch size {crm_batch} but the adapted layer sees batch size {batch_size}; "
+                    "pass one CRM row per sample (rows are repeated only for generate's beams and "
+                    "num_return_sequences)"
                 )
         cache_key = (adapter_name, id(gate_module))
         use_cache = not torch.is_grad_enabled()
@@ -243,7 +248,9 @@ class CrmContext:
 def check_crm_embeds_layout(crm_embeds) -> torch.Tensor:
     """Type, rank and dtype checks that need no device synchronisation; errors name ``crm_embeds``."""
     if not isinstance(crm_embeds, torch.Tensor):
-        raise ValueError(f"`crm_embeds` must be a torch.Tensor of shape (batch, crm_dim), got {type(crm_embeds).__name__}")
+        raise ValueError(
+            f"`crm_embeds` must be a torch.Tensor of shape (batch, crm_dim), got {type(crm_embeds).__name__}"
+        )
     if crm_embeds.dim() != 2:
         raise ValueError(f"`crm_embeds` must have shape (batch, crm_dim), got {tuple(crm_embeds.shape)}")
     if not crm_embeds.is_floating_point():
@@ -260,7 +267,8 @@ def validate_crm_embeds(crm_embeds) -> torch.Tensor:
 
 
 def input_batch_size(args: tuple, kwargs: dict, keys=("input_ids", "inputs_embeds")) -> Optional[int]:
-    """Batch size of a transformers model call, from the first of ``keys`` present, else the first positional tensor."""
+    """Batch size of a transformers model call, from the first of ``keys`` present, else the first positional
+    tensor."""
     for value in (*(kwargs.get(key) for key in keys), args[0] if args else None):
         if isinstance(value, torch.Tensor) and value.dim() >= 2:
             return value.shape[0]
@@ -301,8 +309,8 @@ def capture_crm_embeds_hook(module, args, kwargs):
         batch = input_batch_size(args, kwargs)
         if batch is not None and batch != crm_embeds.shape[0]:
             raise ValueError(
-                f"`crm_embeds` has batch size {crm_embeds.shape[0]} but the input has batch size {batch}; pass one CRM "
-                "row per sample"
+                f"`crm_embeds` has batch size {crm_embeds.shape[0]} but the input has batch size {batch}; pass one "
+                "CRM row per sample"
             )
         context.open_call(module, "forward", crm_embeds, training=module.training, checkpointing=checkpointing)
         return args, kwargs

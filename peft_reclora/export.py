@@ -8,8 +8,8 @@ update:
 - ``mixing="weights"``: s * (sum_k alpha_k B_k)(sum_k alpha_k A_k), a LoRA of rank r.
 
 The exported config uses lora_alpha = rank (scaling 1), since s is already folded into lora_B. Full copies the adapter
-trains (``modules_to_save``, e.g. ``lm_head``) do not depend on the user: every exported LoRA carries them unchanged, as
-its own ``modules_to_save`` copy (PEFT's LoRA keeps one per adapter).
+trains (``modules_to_save``, e.g. ``lm_head``) do not depend on the user: every exported LoRA carries them unchanged,
+as its own ``modules_to_save`` copy (PEFT's LoRA keeps one per adapter).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from .base_weights import check_same_base
 from .crm_context import validate_crm_embeds
 from .sharding import gathered
+
 
 if TYPE_CHECKING:
     from .model import RecLoraModel
@@ -186,7 +187,9 @@ def check_user_names(user_names: Sequence[str]) -> list[str]:
     """The names of ``personalized_lora_model``'s adapters, refused (naming the name) where PEFT treats one specially
     or cannot hold it as a LoRA adapter name; checked before any user's LoRA is built."""
     if isinstance(user_names, (str, bytes)):  # a string is a sequence too: of one-character names
-        raise ValueError(f"user_names must be a list of names, one per row of `crm_embeds`, got the string {user_names!r}")
+        raise ValueError(
+            f"user_names must be a list of names, one per row of `crm_embeds`, got the string {user_names!r}"
+        )
     names = list(user_names)
     seen = set()
     for name in names:
@@ -194,7 +197,9 @@ def check_user_names(user_names: Sequence[str]) -> list[str]:
         if problem is not None:
             raise ValueError(f"user_names: {name!r} cannot be a LoRA adapter name: {problem}")
         if name in seen:
-            raise ValueError(f"user_names: {name!r} appears more than once; names must be unique, each becomes one LoRA adapter")
+            raise ValueError(
+                f"user_names: {name!r} appears more than once; names must be unique, each becomes one LoRA adapter"
+            )
         seen.add(name)
     return names
 

@@ -20,7 +20,9 @@ from torch import nn
 
 
 class RecLoraGate(nn.Module):
-    def __init__(self, crm_dim: int, hidden_dim: int, num_meta_loras: int, temperature: float = 1.0, dropout: float = 0.0):
+    def __init__(
+        self, crm_dim: int, hidden_dim: int, num_meta_loras: int, temperature: float = 1.0, dropout: float = 0.0
+    ):
         super().__init__()
         self.crm_dim = crm_dim
         self.hidden_dim = hidden_dim

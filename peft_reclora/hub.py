@@ -1,9 +1,10 @@
 """Model cards and Hub uploads for RecLoRA adapters, through extension points this package owns (PEFT is not changed).
 
 - The card: ``PeftModel.save_pretrained`` writes PEFT's ``README.md`` and then saves every adapter's config through the
-  config's own ``save_pretrained``. ``RecLoraConfig.save_pretrained`` calls ``add_adapter_to_card``, which adds a RecLoRA
-  section to that card (the CRM width a caller must provide, the bank shape, and a usage snippet that imports this
-  package: without the import PEFT cannot resolve the ``RECLORA`` type of the saved config), one table row per adapter.
+  config's own ``save_pretrained``. ``RecLoraConfig.save_pretrained`` calls ``add_adapter_to_card``, which adds a
+  RecLoRA section to that card (the CRM width a caller must provide, the bank shape, and a usage snippet that imports
+  this package: without the import PEFT cannot resolve the ``RECLORA`` type of the saved config), one table row per
+  adapter.
 - The upload: ``PeftModel.push_to_hub`` is transformers' generic ``PushToHubMixin.push_to_hub``; it saves the adapter
   and then replaces ``README.md`` with a generic transformers card, for every PEFT method. ``push_to_hub(model, ...)``
   here takes the same arguments (and ``save_pretrained``'s), saves with PEFT's own ``save_pretrained`` so the PEFT
@@ -21,25 +22,33 @@ from huggingface_hub import HfApi, ModelCard
 from .config import RecLoraConfig
 from .tags import MODEL_TAGS
 
+
 SECTION_MARKER = "<!-- reclora-adapter-card -->"
 SECTION_END = "<!-- /reclora-adapter-card -->"
 SOURCE_PLACEHOLDER = "<this repository or folder>"
 TABLE_HEADER = (
-    "| adapter | meta-LoRAs (N_m) | rank r | lora_alpha | crm_dim | gate hidden | temperature | gate | mixing | targets |",
+    (
+        "| adapter | meta-LoRAs (N_m) | rank r | lora_alpha | crm_dim "
+        "| gate hidden | temperature | gate | mixing | targets |"
+    ),
     "|---|---|---|---|---|---|---|---|---|---|",
 )
 INSTALL_HINT = "install peft_reclora from its repository, e.g. `pip install -e <clone of peft_reclora>`"
 
 
 def _reclora_configs(peft_model) -> dict:
-    return {name: cfg for name, cfg in getattr(peft_model, "peft_config", {}).items() if isinstance(cfg, RecLoraConfig)}
+    return {
+        name: cfg for name, cfg in getattr(peft_model, "peft_config", {}).items() if isinstance(cfg, RecLoraConfig)
+    }
 
 
 def _row(adapter_name: str, cfg: RecLoraConfig) -> str:
-    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else ", ".join(sorted(cfg.target_modules or []))
+    targets = (
+        cfg.target_modules if isinstance(cfg.target_modules, str) else ", ".join(sorted(cfg.target_modules or []))
+    )
     return (
-        f"| {adapter_name} | {cfg.num_meta_loras} | {cfg.r} | {cfg.lora_alpha} | {cfg.crm_dim} | {cfg.gate_hidden_dim} "
-        f"| {cfg.temperature} | {cfg.gate_sharing} | {cfg.mixing} | {targets} |"
+        f"| {adapter_name} | {cfg.num_meta_loras} | {cfg.r} | {cfg.lora_alpha} | {cfg.crm_dim} "
+        f"| {cfg.gate_hidden_dim} | {cfg.temperature} | {cfg.gate_sharing} | {cfg.mixing} | {targets} |"
     )
 
 
@@ -50,9 +59,10 @@ def _section(rows: list[str], cfg: RecLoraConfig, source: Optional[str] = None) 
             SECTION_MARKER,
             "## RecLoRA adapter",
             "",
-            "A personalized low-rank adapter for recommendation (RecLoRA): each adapted layer holds a bank of meta-LoRA "
-            "pairs, mixed per sample by a gate over the user representation of a conventional recommender (CRM). "
-            f"Every call needs that representation as `crm_embeds`, a float tensor of shape (batch, {cfg.crm_dim}).",
+            "A personalized low-rank adapter for recommendation (RecLoRA): each adapted layer holds a bank of "
+            "meta-LoRA pairs, mixed per sample by a gate over the user representation of a conventional recommender "
+            "(CRM). Every call needs that representation as `crm_embeds`, a float tensor of shape "
+            f"(batch, {cfg.crm_dim}).",
             "",
             f"Base model: `{base}`",
             "",
@@ -62,10 +72,10 @@ def _section(rows: list[str], cfg: RecLoraConfig, source: Optional[str] = None) 
             "### Usage",
             "",
             f"Loading needs the `peft_reclora` package ({INSTALL_HINT}) and `import peft_reclora` before PEFT reads "
-            "the adapter: PEFT has no plug-in discovery, and without the import it fails with `KeyError: 'RECLORA'`. "
-            "Load it through PEFT (`AutoPeftModelForCausalLM`, `PeftModel.from_pretrained`, `PeftModel.load_adapter`); "
-            "transformers' `model.load_adapter` refuses RecLoRA (PEFT's `inject_adapter_in_model` does not take tuners "
-            "with shared state).",
+            "the adapter: PEFT has no plug-in discovery, and without the import it fails with "
+            "`KeyError: 'RECLORA'`. Load it through PEFT (`AutoPeftModelForCausalLM`, `PeftModel.from_pretrained`, "
+            "`PeftModel.load_adapter`); transformers' `model.load_adapter` refuses RecLoRA (PEFT's "
+            "`inject_adapter_in_model` does not take tuners with shared state).",
             "",
             "```python",
             "import torch",
@@ -156,8 +166,9 @@ def push_to_hub(
 ):
     """Upload a PEFT model holding RecLoRA adapters with its PEFT model card (and RecLoRA section) in one commit.
 
-    Takes every argument of ``PeftModel.push_to_hub`` with the same meaning, plus those of ``PeftModel.save_pretrained``
-    (``safe_serialization``, ``selected_adapters``, ``save_embedding_layers``, ...), which are passed to it unchanged.
+    Takes every argument of ``PeftModel.push_to_hub`` with the same meaning, plus those of
+    ``PeftModel.save_pretrained`` (``safe_serialization``, ``selected_adapters``, ``save_embedding_layers``, ...),
+    which are passed to it unchanged.
     Returns the commit info of ``HfApi.upload_folder``.
     """
     if not _reclora_configs(model):

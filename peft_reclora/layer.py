@@ -7,15 +7,15 @@ import warnings
 from typing import Optional
 
 import torch
-from torch import nn
-
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
+from torch import nn
 
 from .config import RecLoraConfig
 from .crm_context import CrmContext
 from .gate import RecLoraGate
 from .ops import compute_dtype, meta_lora
+
 
 MERGE_ERROR = (
     "RecLoRA adapters cannot be merged into the base weights: the adapter update depends on each sample's "
@@ -28,8 +28,8 @@ class RecLoraLayer(BaseTunerLayer):
     """Meta-LoRA banks of one adapted module.
 
     Per adapter the banks are stored concatenated along the rank axis, the layout the fused kernels consume directly:
-    ``reclora_A[name]`` is (num_meta_loras * r, d_in) and ``reclora_B[name]`` is (d_out, num_meta_loras * r); rank slot j
-    belongs to meta-LoRA j // r. With ``gate_sharing="per_module"`` the layer also owns a gate (``reclora_gate``);
+    ``reclora_A[name]`` is (num_meta_loras * r, d_in) and ``reclora_B[name]`` is (d_out, num_meta_loras * r); rank slot
+    j belongs to meta-LoRA j // r. With ``gate_sharing="per_module"`` the layer also owns a gate (``reclora_gate``);
     with ``"shared"`` it reads the adapter's gate from the tuner through the CRM context.
     """
 
@@ -69,7 +69,9 @@ class RecLoraLayer(BaseTunerLayer):
         self.num_meta_loras[adapter_name] = config.num_meta_loras
         self.mixing[adapter_name] = config.mixing
         self.kernel_backend[adapter_name] = config.kernel_backend
-        self.reclora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.reclora_dropout[adapter_name] = (
+            nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        )
         self.reclora_A[adapter_name] = nn.Parameter(torch.empty(config.total_rank, self.in_features))
         self.reclora_B[adapter_name] = nn.Parameter(torch.empty(self.out_features, config.total_rank))
         if config.gate_sharing == "per_module":

@@ -6,9 +6,6 @@ import contextlib
 from typing import Iterable, Iterator, Optional, Union
 
 import torch
-from torch import nn
-from transformers.pytorch_utils import Conv1D
-
 from peft.tuners.tuners_utils import (
     BaseTuner,
     BaseTunerLayer,
@@ -16,6 +13,8 @@ from peft.tuners.tuners_utils import (
     _get_tuner_state_dict_key_prefixes,
 )
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .config import RecLoraConfig
 from .crm_context import (
@@ -31,6 +30,7 @@ from .layer import MERGE_ERROR, Linear, RecLoraLayer
 from .saving import check_tensors_to_save
 from .sharding import gathered
 from .tags import MODEL_TAGS
+
 
 # RecLoRA adapts the attention query/value projections, like LoRA's defaults; PEFT's map lacks the architectures whose
 # query, key and value share one fused projection (Phi-3) and Gemma 3's multimodal wrapper, whose text decoder
@@ -155,14 +155,23 @@ class RecLoraModel(BaseTuner):
         if not isinstance(config, RecLoraConfig):
             raise TypeError(f"RecLoraModel takes RecLoraConfig adapters, got {type(config).__name__}")
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict=None,
+    ) -> None:
         config: RecLoraConfig = self.peft_config[adapter_name]
         if "reclora_gate" not in self._modules:
             self.reclora_gate = nn.ModuleDict({})
         created_gate = False
         if config.gate_sharing == "shared" and adapter_name not in self.reclora_gate:
             device, dtype = self._gate_device_and_dtype(model)
-            gate = RecLoraGate(config.crm_dim, config.gate_hidden_dim, config.num_meta_loras, config.temperature, config.gate_dropout)
+            gate = RecLoraGate(
+                config.crm_dim, config.gate_hidden_dim, config.num_meta_loras, config.temperature, config.gate_dropout
+            )
             if gate.fc1_weight.device.type == "meta":  # low_cpu_mem_usage: weights arrive with the state dict
                 gate.to(dtype=dtype)
             else:
@@ -204,7 +213,9 @@ class RecLoraModel(BaseTuner):
             return torch.device("cpu"), reference.dtype
         return reference.device, reference.dtype
 
-    def _create_and_replace(self, config: RecLoraConfig, adapter_name, target, target_name, parent, current_key, **kwargs):
+    def _create_and_replace(
+        self, config: RecLoraConfig, adapter_name, target, target_name, parent, current_key, **kwargs
+    ):
         if current_key is None:
             raise ValueError("current_key must not be None")
         if isinstance(target, RecLoraLayer):
@@ -213,9 +224,9 @@ class RecLoraModel(BaseTuner):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not _is_supported_base(base):
             raise TypeError(
-                f"Target module '{current_key}' ({type(base).__name__}) is not supported by RecLoRA: only torch.nn.Linear, "
-                "transformers Conv1D and quantized linear layers (bitsandbytes 8-bit/4-bit, ...) can be adapted. "
-                "Check `target_modules`."
+                f"Target module '{current_key}' ({type(base).__name__}) is not supported by RecLoRA: only "
+                "torch.nn.Linear, transformers Conv1D and quantized linear layers (bitsandbytes 8-bit/4-bit, ...) can "
+                "be adapted. Check `target_modules`."
             )
         new_module = Linear(target, adapter_name, config, self._crm_context, self.reclora_gate)
         if adapter_name not in self.active_adapters:
@@ -349,7 +360,8 @@ def default_target_modules(module_names: Iterable[str], model_type: Optional[str
             return list(candidate)
     raise ValueError(
         f"RecLoraConfig.target_modules=None: no default target modules are known for model_type {model_type!r}, and "
-        f"the model has none of the usual attention projections ({', '.join('/'.join(c) for c in FALLBACK_TARGET_MODULES)}). "
+        "the model has none of the usual attention projections "
+        f"({', '.join('/'.join(c) for c in FALLBACK_TARGET_MODULES)}). "
         "Pass target_modules explicitly."
     )
 
@@ -391,7 +403,9 @@ def check_adapter_state_dict(model: nn.Module, config: RecLoraConfig, adapter_na
             if provided[key].is_floating_point() and not bool(torch.isfinite(provided[key]).all())
         ]
         if non_finite:
-            problems.append(f"non-finite values (NaN or Inf) in {len(non_finite)} tensor(s): {', '.join(non_finite[:3])}")
+            problems.append(
+                f"non-finite values (NaN or Inf) in {len(non_finite)} tensor(s): {', '.join(non_finite[:3])}"
+            )
     if problems:
         raise ValueError(
             f"The RecLoRA adapter weights for '{adapter_name}' do not match its adapter_config.json "

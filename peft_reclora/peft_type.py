@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from peft.utils import PeftType
 
+
 RECLORA = "RECLORA"
 
 
@@ -36,6 +37,7 @@ def ensure_reclora_peft_type() -> PeftType:
     PeftType._member_map_[RECLORA] = member
     PeftType._value2member_map_[RECLORA] = member
 
-    if PeftType(RECLORA) is not member or PeftType[RECLORA] is not member:  # self-check against Enum internals changing
+    # self-check against Enum internals changing
+    if PeftType(RECLORA) is not member or PeftType[RECLORA] is not member:
         raise RuntimeError("Could not add RECLORA to peft.utils.PeftType; this Python/PEFT combination is unsupported")
     return member

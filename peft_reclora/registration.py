@@ -18,11 +18,12 @@ from .config import RecLoraConfig
 from .model import RecLoraModel
 from .peft_type import RECLORA, ensure_reclora_peft_type
 
+
 METHOD_NAME = "reclora"
 MISSING_REGISTRATION = (
     "PEFT does not know the adapter type 'RECLORA': run `import peft_reclora` before loading a RecLoRA adapter "
-    "(PEFT has no plug-in discovery; the import registers RecLoRA with it), and load it with PeftModel.from_pretrained, "
-    "PeftModel.load_adapter or AutoPeftModelForCausalLM.from_pretrained"
+    "(PEFT has no plug-in discovery; the import registers RecLoRA with it), and load it with "
+    "PeftModel.from_pretrained, PeftModel.load_adapter or AutoPeftModelForCausalLM.from_pretrained"
 )
 
 
@@ -41,7 +42,9 @@ def register() -> None:
         mapping.PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = RecLoraModel
         mapping.PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = RecLoraModel.prefix
         return
-    register_peft_method(name=METHOD_NAME, config_cls=RecLoraConfig, model_cls=RecLoraModel, prefix=RecLoraModel.prefix)
+    register_peft_method(
+        name=METHOD_NAME, config_cls=RecLoraConfig, model_cls=RecLoraModel, prefix=RecLoraModel.prefix
+    )
 
 
 def is_registered() -> bool:

@@ -15,6 +15,7 @@ from .config import RecLoraConfig
 from .gate import RecLoraGate
 from .layer import RecLoraLayer
 
+
 # Wrapper names that FSDP and activation checkpointing insert into module paths but drop from a saved state dict.
 WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 

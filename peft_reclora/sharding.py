@@ -2,8 +2,8 @@
 that DeepSpeed ZeRO-3 has partitioned.
 
 - FSDP1 flattens every module it wraps into one flat parameter, which must have one dtype (and, without
-  ``use_orig_params``, one ``requires_grad``). PEFT's ``fsdp_auto_wrap_policy`` gives a module its own unit only when it
-  has a trainable ``.weight``, so RecLoRA's banks and gates (fp32, trainable) would land in the decoder layer's
+  ``use_orig_params``, one ``requires_grad``). PEFT's ``fsdp_auto_wrap_policy`` gives a module its own unit only when
+  it has a trainable ``.weight``, so RecLoRA's banks and gates (fp32, trainable) would land in the decoder layer's
   (bf16, frozen) flat parameter. ``fsdp_auto_wrap_policy`` below also wraps each RecLoRA layer, its base layer and
   every gate on their own. FSDP2 (``fully_shard``) shards each parameter separately and needs none of this.
 - Under ZeRO-3 a parameter outside its module's forward is an empty placeholder (shape ``[0]``, the real shape in
@@ -19,10 +19,9 @@ import functools
 from typing import Iterable, Iterator
 
 import torch
-from torch import nn
-
 from peft.utils.integrations import gather_params_ctx
 from peft.utils.other import fsdp_auto_wrap_policy as peft_fsdp_auto_wrap_policy
+from torch import nn
 
 from .gate import RecLoraGate
 from .layer import RecLoraLayer

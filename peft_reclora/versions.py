@@ -15,6 +15,7 @@ from importlib import metadata
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+
 # torch: transformers >= 5.20 disables PyTorch below 2.6. transformers: the lowest release the tuner tests pass with.
 # peft: 0.21 added the private hooks RecLoRA overrides (``_filter_state_dict_by_key_prefixes``, ``uses_shared_state``);
 # the next minor release may move them again.

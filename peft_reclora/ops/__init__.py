@@ -31,6 +31,7 @@ from .reference import meta_lora_reference
 from .shapes import MIXING_MODES, check_meta_lora_shapes
 from .torch_fused import meta_lora_torch
 
+
 BACKENDS = ("auto", "torch", "triton", "reference")  # RecLoraConfig.kernel_backend takes these
 BACKEND_ENV_VAR = "PEFT_RECLORA_BACKEND"
 
@@ -165,8 +166,15 @@ def _dispatch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_wei
             x, lora_A.to(x.dtype), lora_B.to(x.dtype), gate.to(x.dtype), scaling, num_meta_loras, mixing
         )
         if base_weight is not None:
-            return torch.nn.functional.linear(x, base_weight.to(x.dtype), None if base_bias is None else base_bias.to(x.dtype)) + delta
+            return (
+                torch.nn.functional.linear(
+                    x, base_weight.to(x.dtype), None if base_bias is None else base_bias.to(x.dtype)
+                )
+                + delta
+            )
         if base_output is not None:
             return base_output.to(x.dtype) + delta
         return delta
-    return meta_lora_torch(x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output)
+    return meta_lora_torch(
+        x, lora_A, lora_B, gate, scaling, num_meta_loras, mixing, base_weight, base_bias, base_output
+    )

@@ -14,6 +14,7 @@ import functools
 
 import torch
 
+
 # The dtypes autocast lowers; it leaves float64 (and integer) tensors alone.
 AUTOCAST_ELIGIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

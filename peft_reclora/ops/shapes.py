@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+
 MIXING_MODES = ("output", "weights")  # RecLoraConfig.mixing takes these; see the ops package docstring
 
 

@@ -31,7 +31,9 @@ def _mix(S4: torch.Tensor, gate4: torch.Tensor, scaling: float, mixing: str) -> 
     return (gate4 * scaling) * mixed
 
 
-def _fused_forward(x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_meta_loras, mixing, inplace):
+def _fused_forward(
+    x, lora_A, lora_B, gate, base_weight, base_bias, base_output, scaling, num_meta_loras, mixing, inplace
+):
     """Shared forward; returns the output (shaped like x with d_out features) and the pre-gate intermediate S."""
     compute_dtype = x.dtype
     batch, d_in = x.shape[0], x.shape[-1]
@@ -122,7 +124,10 @@ class MetaLoraFunction(torch.autograd.Function):
             d_mixed = scaling * (dS_mixed4 * gate4).sum(dim=2, keepdim=True)
             dS = gate4 * d_mixed
             if needs[3]:
-                grad_gate = scaling * (dS_mixed4.to(acc) * mixed.to(acc)).sum(dim=(1, 3)) + (d_mixed.to(acc) * S4.to(acc)).sum(dim=(1, 3))
+                grad_gate = (
+                    scaling * (dS_mixed4.to(acc) * mixed.to(acc)).sum(dim=(1, 3))
+                    + (d_mixed.to(acc) * S4.to(acc)).sum(dim=(1, 3))
+                )
         if grad_gate is not None:
             grad_gate = grad_gate.to(gate.dtype)
         dS = dS.reshape(S.shape)

@@ -88,10 +88,10 @@ def expand_kernel(
 ):
     """out[t, n] = sum_j S'[t, j] B[n, j] (+ bias[n]) (+ base[t, n]), fp32 accumulation, stored in out's dtype.
 
-    S' is the contiguous fp32 (num_rows, total_rank) buffer of ``shrink_gate_kernel``; S' and B tiles are rounded
-    to the output's (compute) dtype before the product, as a GEMM in that dtype would. The grid is 1-D with the N tiles of one row block
-    adjacent, so consecutive programs re-read the same S' rows from L2. ``base`` may alias ``out`` (in-place
-    accumulation into an opaque base output): every element is read and written by the same program.
+    S' is the contiguous fp32 (num_rows, total_rank) buffer of ``shrink_gate_kernel``; S' and B tiles are rounded to
+    the output's (compute) dtype before the product, as a GEMM in that dtype would. The grid is 1-D with the N tiles of
+    one row block adjacent, so consecutive programs re-read the same S' rows from L2. ``base`` may alias ``out``
+    (in-place accumulation into an opaque base output): every element is read and written by the same program.
     """
     pid = tl.program_id(0)
     num_n_tiles = (d_out + BLOCK_N - 1) // BLOCK_N

@@ -57,6 +57,7 @@ import torch
 from .autocast import backward_without_autocast
 from .torch_fused import input_and_base_grads, meta_lora_torch
 
+
 try:
     import triton
 
@@ -79,7 +80,8 @@ def _interpreter_enabled() -> bool:
 
 
 def is_available() -> bool:
-    """Triton imports and can run here: a CUDA device, or CPU tensors through the interpreter (``TRITON_INTERPRET=1``)."""
+    """Triton imports and can run here: a CUDA device, or CPU tensors through the interpreter
+    (``TRITON_INTERPRET=1``)."""
     return triton is not None and (torch.cuda.is_available() or _interpreter_enabled())
 
 
@@ -228,8 +230,8 @@ def _kernel(source: Callable, device: torch.device) -> Callable:
     interpret = device.type != "cuda"
     if interpret and not _interpreter_enabled():
         raise RuntimeError(
-            f"The Triton meta-LoRA kernels need CUDA tensors, got tensors on {device}; set {INTERPRET_ENV_VAR}=1 to run "
-            "them through Triton's interpreter on CPU (slow, for tests), or use backend='torch'."
+            f"The Triton meta-LoRA kernels need CUDA tensors, got tensors on {device}; set {INTERPRET_ENV_VAR}=1 to "
+            "run them through Triton's interpreter on CPU (slow, for tests), or use backend='torch'."
         )
     key = (source, interpret)
     if key not in _compiled:
@@ -425,7 +427,8 @@ def meta_lora_triton(
     if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         raise ValueError(
             "Triton's CPU interpreter does not compute bfloat16 products (it multiplies the raw bit patterns, "
-            "triton-lang/triton#11584); run bfloat16 on a CUDA device, or use float16/float32 or backend='torch' on CPU"
+            "triton-lang/triton#11584); run bfloat16 on a CUDA device, or use float16/float32 or backend='torch' on "
+            "CPU"
         )
     tensors = (x, lora_A, lora_B, gate, base_weight, base_bias, base_output)
     if x.numel() == 0:
