@@ -13,7 +13,7 @@ from reclora_pipeline.trainer import AnswerTokenDataset, build_peft_model, train
 from reclora_pipeline.tracking import Trackers, tracker_names
 from support.synthetic_features import make_synthetic_splits
 
-from conftest import TINY_VOCAB, make_tiny_llama
+from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
 pytest.importorskip("tensorboard")
 
