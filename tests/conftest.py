@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random Llama for fast tests and the embedded SmolLM2-135M for real-model tests."""
+"""Shared fixtures: a tiny random Llama for fast tests and the embedded SmolLM2-135M for real-model tests.
+
+Fixtures only; the helpers they and the tests use live in ``tests/support``."""
 
 import os
 
@@ -10,36 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import peft_reclora  # noqa: E402,F401  (registers RecLoRA with PEFT)
-
-TINY_VOCAB = 64
-
-
-def make_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    """A 2-layer Llama with random weights; q_proj is 32->32 and v_proj 32->16 (grouped-query attention)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    settings = dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**settings))
-    return model.to(dtype).eval()
-
-
-def reclora_config(**overrides):
-    settings = dict(crm_dim=6, r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8, init_weights=False)
-    settings.update(overrides)
-    return peft_reclora.RecLoraConfig(**settings)
+from support.tiny_models import TINY_VOCAB, make_tiny_llama  # noqa: E402
 
 
 @pytest.fixture

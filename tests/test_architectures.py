@@ -8,7 +8,7 @@ from transformers.pytorch_utils import Conv1D
 from peft_reclora.layer import RecLoraLayer
 from peft_reclora.model import default_target_modules
 
-from conftest import TINY_VOCAB, reclora_config
+from support.tiny_models import TINY_VOCAB, reclora_config
 
 COMMON = dict(vocab_size=TINY_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 DECODER = dict(COMMON, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,

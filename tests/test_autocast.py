@@ -17,7 +17,7 @@ from peft import get_peft_model
 from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference
 from peft_reclora.ops import triton_kernels
 
-from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
+from support.tiny_models import TokenSamples as Samples, make_tiny_llama, reclora_config
 
 requires_triton = pytest.mark.skipif(triton_kernels.triton is None, reason="triton is not installed")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -217,15 +217,6 @@ def test_trainer_bf16_mixed_precision_on_an_fp32_model(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = get_peft_model(make_tiny_llama(), reclora_config(init_weights=True))
-
-    class Samples(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            g = torch.Generator().manual_seed(i)
-            ids = torch.randint(3, TINY_VOCAB, (6,), generator=g)
-            return {"input_ids": ids, "labels": ids, "crm_embeds": torch.randn(6, generator=g)}
 
     adapted_output_dtypes = set()
     layer = model.base_model.model.model.layers[0].self_attn.q_proj

@@ -12,7 +12,7 @@ from peft import get_peft_model
 
 from peft_reclora.ops import BACKEND_ENV_VAR
 
-from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
+from support.tiny_models import TINY_VOCAB, make_tiny_llama, reclora_config
 
 USERS = 4
 ITERATIONS = 25

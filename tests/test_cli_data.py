@@ -11,7 +11,7 @@ from reclora_pipeline.data import RecDataset
 from support.synthetic_data import make_world, write_ml1m
 from reclora_pipeline.retriever import RetrievalResult
 
-from conftest import make_tiny_llama
+from support.tiny_models import make_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def test_unknown_model_and_hyper_parameter_are_named(splits):
     with pytest.raises(ValueError, match="unknown CRM 'nope'"):
         build_crm("nope", schema=splits["train"])
     with pytest.raises(TypeError, match="not_a_parameter"):
-        build_crm("sim", schema=splits["train"], not_a_parameter=3)
+        build_crm("sim", schema=splits["train"], not_a_parameter=3, **SMALL)
     with pytest.raises(ValueError, match="rc_layer=5"):
         build_crm("din", schema=splits["train"], rc_layer=5, **SMALL)
 

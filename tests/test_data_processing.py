@@ -13,6 +13,7 @@ from reclora_pipeline.data.processing import k_core, process
 from reclora_pipeline.data.raw import RawData
 from reclora_pipeline.views import FieldVocabulary, build_ctr_features, build_prompt
 from support.synthetic_data import make_world, write_ml1m
+from support.text_views import text_record_of, text_records_of
 
 
 def raw_from(users, items, ratings, timestamps, spec=ML_25M) -> RawData:
@@ -132,7 +133,7 @@ def test_save_and_load_round_trip(tmp_path, ml1m_dataset):
     pd.testing.assert_frame_equal(loaded.samples, ml1m_dataset.samples)
     pd.testing.assert_frame_equal(loaded.users, ml1m_dataset.users)
     assert loaded.fingerprint == ml1m_dataset.fingerprint
-    assert loaded.text_record(7) == ml1m_dataset.text_record(7)
+    assert text_record_of(loaded, 7) == text_record_of(ml1m_dataset, 7)
     train = pd.read_csv(tmp_path / "train.csv", dtype={"user_id": str, "item_id": str})
     assert len(train) == len(ml1m_dataset.sample_ids("train"))
     # A changed file is caught.
@@ -178,7 +179,7 @@ def test_ctr_features(ml1m_dataset):
 def test_text_records_leave_pure_ids_out(ml1m_dataset):
     dataset = ml1m_dataset
     sample_id = int(dataset.sample_ids("test")[0])
-    record = dataset.text_record(sample_id, k_short=4)
+    record = text_record_of(dataset, sample_id, k_short=4)
     sample = dataset.samples.iloc[sample_id]
     user = dataset.users.set_index("user_id").loc[sample["user_id"]]
     assert set(record.profile) == {"gender", "age", "occupation"}
@@ -192,8 +193,8 @@ def test_text_records_leave_pure_ids_out(ml1m_dataset):
     assert record.target_title in prompt and user["zip_code"] not in prompt
     # An explicit short history: any order in, oldest first out; an item the user had not rated before fails.
     chosen = list(dataset.history([sample_id]).item_id[:3])
-    assert [t for t, _ in dataset.text_record(sample_id, history_item_ids=chosen[::-1]).history] == [titles[i] for i in chosen]
+    assert [t for t, _ in text_record_of(dataset, sample_id, history_item_ids=chosen[::-1]).history] == [titles[i] for i in chosen]
     with pytest.raises(KeyError, match="not among the earlier interactions"):
-        dataset.text_record(sample_id, history_item_ids=[sample["item_id"]])
-    records = dataset.text_records(dataset.sample_ids("valid")[:3], k_short=2)
+        text_record_of(dataset, sample_id, history_item_ids=[sample["item_id"]])
+    records = text_records_of(dataset, dataset.sample_ids("valid")[:3], k_short=2)
     assert [r.sample_id for r in records] == list(dataset.sample_ids("valid")[:3])

@@ -10,6 +10,7 @@ from reclora_pipeline.data import DataFormatError, load_dataset, read_raw
 from support.synthetic_data import (
     make_world, write_goodreads, write_ml1m, write_ml25m, write_ml100k_grouplens, write_ml100k_recbole,
 )
+from support.text_views import text_record_of
 
 RAW = dict(core=0, min_history=0)
 
@@ -114,7 +115,7 @@ def test_goodreads_reader(tmp_path, world):
     table = dataset.interactions
     assert all(by_pair[(u, i)] == t for u, i, t in zip(table["user_id"], table["item_id"], table["timestamp"]))
     assert np.array_equal(dataset.samples["label"], (dataset.samples["rating"] >= 4).astype(np.int8))
-    record = dataset.text_record(len(dataset) - 1)
+    record = text_record_of(dataset, len(dataset) - 1)
     book = dataset.items.set_index("item_id").loc[str(dataset.samples["item_id"].iloc[-1])]
     assert record.target_attributes == {"author": book["author"], "year": book["year"], "publisher": book["publisher"]}
     assert book["isbn"] not in repr(record) and book["author_id"] not in repr(record.target_attributes)

@@ -15,7 +15,7 @@ from peft import PeftModel, get_peft_model
 
 import peft_reclora
 
-from conftest import make_tiny_llama, reclora_config
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
 
 
 def test_import_changes_no_peft_class():
@@ -50,16 +50,6 @@ def test_import_changes_no_peft_class():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "classes unchanged" in result.stdout
     assert int(result.stdout.split()[0]) > 20
-
-
-def _trained(config=None, seed=0, adapter_name="default"):
-    model = get_peft_model(make_tiny_llama(), config or reclora_config(), adapter_name=adapter_name)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "reclora_" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    return model
 
 
 def test_save_pretrained_writes_the_reclora_card_section_per_adapter(tmp_path):

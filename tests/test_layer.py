@@ -9,7 +9,7 @@ from peft import get_peft_model
 from peft_reclora import RecLoraLayer
 from peft_reclora.ops import meta_lora_reference
 
-from conftest import make_tiny_llama, reclora_config
+from support.tiny_models import make_tiny_llama, reclora_config
 
 
 def _first_layer(peft_model, name="q_proj"):

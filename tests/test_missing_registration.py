@@ -9,7 +9,7 @@ from peft_reclora import RecLoraNotRegisteredError, explain_missing_registration
 from reclora_pipeline import cli
 from reclora_pipeline.llm import load_adapter
 
-from conftest import make_tiny_llama, reclora_config
+from support.tiny_models import make_tiny_llama, reclora_config
 
 TABLES = ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING")
 

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraLayer
 
-from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
+from support.tiny_models import TINY_VOCAB, TokenSamples as Samples, make_tiny_llama, reclora_config
 
 
 @pytest.fixture(params=["CAUSAL_LM", None], ids=["causal_lm", "task_none"])
@@ -367,15 +367,6 @@ def test_trainer_passes_crm_embeds_through_a_collator(tmp_path):
 
     torch.manual_seed(0)
     model = get_peft_model(make_tiny_llama(), reclora_config(init_weights=True))
-
-    class Samples(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            g = torch.Generator().manual_seed(i)
-            ids = torch.randint(3, TINY_VOCAB, (6,), generator=g)
-            return {"input_ids": ids, "labels": ids, "crm_embeds": torch.randn(6, generator=g)}
 
     def collate(rows):
         return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}

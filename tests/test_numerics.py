@@ -10,17 +10,7 @@ from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 
 from peft_reclora import RecLoraConfig, check_adapter_folder
 
-from conftest import make_tiny_llama, reclora_config
-
-
-def _trained(seed=0):
-    model = get_peft_model(make_tiny_llama(), reclora_config())
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "reclora_" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    return model
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
 
 
 @pytest.mark.parametrize("value", [1e300, -1e39])

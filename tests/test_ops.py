@@ -235,7 +235,7 @@ def test_model_with_triton_backend_matches_torch_backend(mixing, interpreter):
     PyTorch backend's."""
     from peft import get_peft_model
 
-    from conftest import make_tiny_llama, reclora_config
+    from support.tiny_models import make_tiny_llama, reclora_config
 
     generator = torch.Generator().manual_seed(11)
     input_ids = torch.randint(3, 64, (3, 9), generator=generator)

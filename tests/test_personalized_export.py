@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 
 import peft_reclora
 
-from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
+from support.tiny_models import TINY_VOCAB, make_tiny_llama, reclora_config
 
 
 def _reclora(**overrides):

@@ -13,7 +13,7 @@ import torch
 
 from peft import get_peft_model
 
-from conftest import TINY_VOCAB, make_tiny_llama, reclora_config
+from support.tiny_models import TINY_VOCAB, make_tiny_llama, reclora_config
 
 
 def _pickle(model):

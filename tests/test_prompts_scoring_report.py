@@ -18,7 +18,7 @@ from reclora_pipeline.stages.report import add_statistics, markdown, write_predi
 from reclora_pipeline.stages.score import checked_scores
 from reclora_pipeline.views import PromptFormatter, TextRecord, build_prompt
 
-from conftest import TINY_VOCAB, make_tiny_llama
+from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
 
 def test_movielens_prompt_matches_the_papers_figure_2():

@@ -452,7 +452,7 @@ def _other_num_meta_loras(folder: Path) -> None:
     from peft import get_peft_model
 
     import peft_reclora
-    from conftest import make_tiny_llama  # the run's tiny Llama has the same attention shapes
+    from support.tiny_models import make_tiny_llama  # the run's tiny Llama has the same attention shapes
 
     config = json.loads((folder / "adapter_config.json").read_text())
     model = get_peft_model(make_tiny_llama(), peft_reclora.RecLoraConfig(

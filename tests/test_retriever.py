@@ -8,13 +8,14 @@ from reclora_pipeline.config import RetrievalConfig
 from reclora_pipeline.data import load_dataset
 from reclora_pipeline.data.history import history_ends
 from support.synthetic_data import make_world, write_ml1m
+from support.text_views import text_record_of
 from reclora_pipeline.views.text import item_description
 from reclora_pipeline.retriever import (
     RetrievalResult, encode_items, encode_texts, reduce_and_normalize, retrieve, semantic_top_k,
 )
 from reclora_pipeline.views import build_ctr_features
 
-from conftest import make_tiny_llama
+from support.tiny_models import make_tiny_llama
 
 
 def unit(rng, n, d):
@@ -103,14 +104,14 @@ def test_results_are_keyed_by_sample_id_and_bound_to_their_dataset(tmp_path, dat
         loaded.short_rows(dataset.sample_ids("train")[:1])
     # The text view and the CRM features read the lists by key.
     sample_id = int(subset[3])
-    record = dataset.text_record(sample_id, retrieval=loaded)
+    record = text_record_of(dataset, sample_id, retrieval=loaded)
     titles = dataset.items.set_index("item_id")["title"]
     assert [title for title, _ in record.history] == [titles[i] for i in loaded.short_item_ids(dataset, sample_id)]
     features = build_ctr_features(dataset, loaded, "test")
     assert features.history_length == 5 and features.metadata["history"] == "semantic"
     row = int(np.flatnonzero(features.sample_id == sample_id)[0])
     item_tokens = features.hist_items[row][features.hist_mask[row]]
-    target_tokens = build_ctr_features(dataset, None, None).fields[:, features.item_field]
+    target_tokens = build_ctr_features(dataset, None, None, history_length=0).fields[:, features.item_field]
     id_of_token = dict(zip(target_tokens, dataset.samples["item_id"]))
     assert [id_of_token[t] for t in item_tokens] == loaded.long_item_ids(dataset, sample_id)
     with pytest.raises(KeyError):
@@ -230,7 +231,7 @@ DISTRIBUTED_SCRIPT = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from conftest import make_tiny_llama
+from support.tiny_models import make_tiny_llama
 from reclora_pipeline.llm import load_tokenizer
 from reclora_pipeline.retriever import _process_state, encode_texts
 

@@ -8,7 +8,7 @@ from peft import get_peft_model
 
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 
-from conftest import make_tiny_llama, reclora_config
+from support.tiny_models import make_tiny_llama, reclora_config
 
 LAYER = "base_model.model.model.layers.1.self_attn.v_proj"
 

@@ -14,17 +14,7 @@ from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraConfig
 
-from conftest import make_tiny_llama, reclora_config
-
-
-def _trained(config=None, seed=0):
-    model = get_peft_model(make_tiny_llama(), config or reclora_config(), autocast_adapter_dtype=True)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "reclora_" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    return model
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
 
 
 @pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])

@@ -17,7 +17,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from conftest import make_tiny_llama, reclora_config
+from support.tiny_models import make_tiny_llama, reclora_config
 from support import fsdp_training
 from test_distributed import _environment
 

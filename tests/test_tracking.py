@@ -14,7 +14,7 @@ from reclora_pipeline.tracking import Trackers, tracker_names
 from reclora_pipeline.validation import validate
 from support.synthetic_features import make_synthetic_splits
 
-from conftest import TINY_VOCAB, make_tiny_llama
+from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
 pytest.importorskip("tensorboard")
 

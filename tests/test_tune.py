@@ -17,7 +17,7 @@ from reclora_pipeline.trainer import (
     training_arguments_problem,
 )
 
-from conftest import TINY_VOCAB, make_tiny_llama
+from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
 ADAPTER = dict(r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8)
 

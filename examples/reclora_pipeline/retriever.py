@@ -1,7 +1,8 @@
 """The Long-Short Modality Retriever (paper, Section 3.4).
 
 For every sample it picks, among the user's strictly earlier interactions, the ones most relevant to the target item:
-K_long (default 60) for the CRM's ID history and K_short (default 10) for the prompt, both listed oldest first.
+K_long for the CRM's ID history and K_short for the prompt (the run config's ``retrieval.k_long`` / ``k_short``), both
+listed oldest first.
 
 ``semantic`` mode (the paper's): each item's text description goes through the LLM once (one plain forward pass,
 batched); its last-layer hidden states (after the final norm, i.e. what the LM head reads) are mean-pooled over the
@@ -39,12 +40,14 @@ from .artifacts import atomic_path
 from .config import RetrievalConfig
 from .data.dataset import RecDataset
 from .data.history import recent_rows
+from .llm import cache_root, load_base_model, load_tokenizer
+from .model_identity import base_model_identity
+from .views.text import item_texts
 
 ITEM_VECTORS_NAME = "item_vectors.safetensors"
 
 logger = logging.getLogger(__name__)
 
-MODES = ("semantic", "recent")
 POOLINGS = ("mean", "last")
 DEFAULT_PCA_DIM = RetrievalConfig().pca_dim
 DEFAULT_BLOCK_ELEMENTS = RetrievalConfig().block_elements
@@ -56,8 +59,6 @@ def model_fingerprint(model, name: Optional[str] = None) -> str:
     """A short id of what an encoder computes: for a model loaded by name, the content identity of its files and its
     dtype; for a model given as an object, every parameter and buffer (name, dtype, shape and values)."""
     if name is not None:
-        from .model_identity import base_model_identity
-
         digest = hashlib.sha256(base_model_identity(name).encode())
         digest.update(str(next(model.parameters()).dtype).encode())
         return digest.hexdigest()[:16]
@@ -85,8 +86,6 @@ def encoding_cache_key(model_id: str, dataset_name: str, pooling: str, max_lengt
 
 
 def default_cache_dir() -> Path:
-    from .llm import cache_root
-
     return cache_root() / "item_encodings"
 
 
@@ -200,16 +199,12 @@ def encode_items(
     """Encode the dataset's item descriptions with the LLM ``encoder`` (or the given ``model``/``tokenizer``), or load
     them from the cache (``config.cache_dir``)."""
     config = config or RetrievalConfig()
-    texts = dataset.item_texts()
+    texts = item_texts(dataset)
     item_ids = dataset.items["item_id"].tolist()
     loaded_by_name = model is None
     if model is None:
-        from .llm import load_base_model
-
         model = load_base_model(encoder, dtype=getattr(torch, dtype) if dtype else None)
     if tokenizer is None:
-        from .llm import load_tokenizer
-
         tokenizer = load_tokenizer(encoder)
     model_id = model_fingerprint(model, encoder if loaded_by_name else None)
     key = encoding_cache_key(model_id, dataset.name, config.pooling, config.max_length, item_ids, texts)

@@ -3,7 +3,8 @@
     python tests/support/crm_benchmark.py --models sim din --output crm_benchmark.json
 
 Defaults mirror MovieLens-100K with the paper's history length: ~80,000 training samples, 8 fields, K_long = 60,
-batch 1024, the default CRM sizes (embed 32, MLP 256-256-256). Prints one line per model and writes JSON.
+batch 1024, the run config's CRM sizes (``crm.model``; ``--hidden-dims 256 256 256`` gives the published code's MLP).
+Prints one line per model and writes JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from reclora_pipeline.config import CrmModelConfig
 from reclora_pipeline.crm import CrmTrainingConfig, available_crms, evaluate_crm, precompute_crm_embeds, train_crm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,6 +33,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--history-length", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--embed-dim", type=int, default=CrmModelConfig().embed_dim)
+    parser.add_argument("--hidden-dims", type=int, nargs="+", default=list(CrmModelConfig().hidden_dims))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -52,6 +56,8 @@ def main(argv=None) -> dict:
             "fields": len(splits["train"].field_names),
             "history_length": args.history_length,
             "batch_size": args.batch_size,
+            "embed_dim": args.embed_dim,
+            "hidden_dims": args.hidden_dims,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
@@ -61,7 +67,8 @@ def main(argv=None) -> dict:
     print(json.dumps(results["setup"]))
     for name in args.models:
         config = CrmTrainingConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch_size)
-        model, report = train_crm(name, splits["train"], splits["valid"], config, progress=False)
+        sizes = dict(embed_dim=args.embed_dim, hidden_dims=tuple(args.hidden_dims))
+        model, report = train_crm(name, splits["train"], splits["valid"], config, model_kwargs=sizes, progress=False)
         start = time.perf_counter()
         metrics = evaluate_crm(model, splits["valid"])
         eval_seconds = time.perf_counter() - start

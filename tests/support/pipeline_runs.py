@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from reclora_pipeline.config import RunConfig
 
@@ -21,9 +23,6 @@ KILLER = Path(__file__).with_name("killed_run.py")
 
 def save_tiny_llama(folder: Path, tokenizer_dir, seed: int = 0, hidden_size: int = 32) -> str:
     """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local model folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=48,
@@ -82,8 +81,6 @@ class KillServer:
         atexit.register(self.close)
 
     def submit(self, config: RunConfig, target: str, when: str, calls: int, inside: str) -> ChildRun:
-        import torch
-
         out = Path(config.out)
         config_file = out.parent / f".{out.name}-killed-config.json"
         config_file.write_text(json.dumps(config.to_dict()))

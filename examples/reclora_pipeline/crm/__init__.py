@@ -1,6 +1,7 @@
 """Conventional recommenders (CRMs): stage 1 of Few2Many and the source of R_c for RecLoRA's gate.
 
-    model, report = train_crm("sim", train_features, valid_features, CrmTrainingConfig())
+    model, report = train_crm("sim", train_features, valid_features, CrmTrainingConfig(),
+                              model_kwargs=CrmModelConfig().to_dict())   # reclora_pipeline.config's crm.model
     evaluate_crm(model, test_features)                        # {"auc": ..., "logloss": ..., "num_samples": ...}
     table = CrmEmbeddingTable.from_model(model, features, cache_path="rc/train.safetensors")
     crm_embeds = table.get(sample_ids)                        # (batch, model.crm_dim) for RecLoRA

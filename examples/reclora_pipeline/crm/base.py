@@ -31,8 +31,8 @@ class CrmModel(nn.Module):
         self,
         schema: SchemaLike,
         *,
-        embed_dim: int = 32,
-        hidden_dims: Sequence[int] = (256, 256, 256),
+        embed_dim: int,
+        hidden_dims: Sequence[int],
         dropout: float = 0.1,
         rc_layer: int = -1,
         validate_inputs: bool = True,
@@ -100,12 +100,6 @@ class CrmModel(nn.Module):
             "rc_layer": self.rc_layer,
             "crm_dim": self.crm_dim,
         }
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # helpers for subclasses
-
-    def target_tokens(self, batch: dict) -> torch.Tensor:
-        return batch["fields"][:, self.schema.item_field]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, crm_dim={self.crm_dim}, rc_layer={self.rc_layer}"

@@ -46,8 +46,8 @@ def crm_class(name: str) -> Type["CrmModel"]:
 def build_crm(name: str, *, schema: "SchemaLike", rc_layer: int = -1, **hyper_parameters) -> "CrmModel":
     """Build a CRM for the given schema (a ``CrmSchema`` or any ``CTRFeatures`` split of the data).
 
-    Common hyper-parameters: ``embed_dim`` (32), ``hidden_dims`` ((256, 256, 256); R_c is ``hidden_dims[rc_layer]``
-    wide), ``dropout`` (0.1), ``rc_layer`` (-1: the last MLP hidden layer). Model-specific ones are listed in each
-    class; an unknown name raises a ``TypeError`` naming it.
+    Common hyper-parameters, as the run config's ``crm.model`` section sets them: ``embed_dim`` and ``hidden_dims``
+    (both required; R_c is ``hidden_dims[rc_layer]`` wide), ``dropout`` (0.1), ``rc_layer`` (-1: the last MLP hidden
+    layer). Model-specific ones are listed in each class; an unknown name raises a ``TypeError`` naming it.
     """
     return crm_class(name)(schema, rc_layer=rc_layer, **hyper_parameters)

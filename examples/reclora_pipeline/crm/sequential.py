@@ -31,10 +31,6 @@ class _SequenceCRM(CrmModel):
         """(B, K, E) left-aligned behaviours -> (B, K, H) states."""
         raise NotImplementedError
 
-    @property
-    def state_dim(self) -> int:
-        raise NotImplementedError
-
     def compute(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
         field_embeds = self.embedding(batch["fields"])
         mask = batch["hist_mask"]

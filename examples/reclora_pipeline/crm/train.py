@@ -59,10 +59,11 @@ def train_crm(
     progress: bool = True,
     tracker=None,
 ) -> tuple[CrmModel, CrmTrainingReport]:
-    """Train a CRM (a registry name built with ``model_kwargs``, or a model already built) and return it with the best
-    epoch's weights, in eval mode, together with a ``CrmTrainingReport``. ``device``: "cpu", "cuda", ... or "auto".
-    ``tracker`` (``reclora_pipeline.tracking.Trackers``) receives the training loss every ``LOG_EVERY`` steps and
-    each epoch's validation metrics, by global step."""
+    """Train a CRM (a registry name built with ``model_kwargs``, e.g. the run config's ``crm.model.to_dict()``, or a
+    model already built) and return it with the best epoch's weights, in eval mode, together with a
+    ``CrmTrainingReport``. ``device``: "cpu", "cuda", ... or "auto". ``tracker``
+    (``reclora_pipeline.tracking.Trackers``) receives the training loss every ``LOG_EVERY`` steps and each epoch's
+    validation metrics, by global step."""
     config = config or CrmTrainingConfig()
     schema = CrmSchema.from_features(train_features)
     check_features(train_features, schema, split="training features")

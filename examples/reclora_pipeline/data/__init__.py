@@ -5,7 +5,7 @@
 
     dataset = load_dataset("ml-100k")                 # the embedded copy from the recbole wheel
     dataset.save("out/ml-100k")                       # interactions.npz, users.csv, items.csv, stats.json, ...
-    record = dataset.text_record(int(dataset.sample_ids("train")[0]))
+    dataset.history(dataset.sample_ids("train")[:4], max_len=10)   # each sample's earlier interactions
 """
 
 from ..lazy import lazy_exports

@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from ..views.samples import DEFAULT_K_SHORT, SampleView
-from ..views.text import TextRecord, attributes_of, item_description, text_records
 from .history import Histories, history_ends, recent_rows
 from .raw import DatasetSpec
 
@@ -208,48 +206,6 @@ class RecDataset:
         """(n, k) interaction rows of each sample's last ``k`` earlier interactions, oldest first, -1 padded."""
         start, end = self.history_bounds(sample_ids)
         return recent_rows(start, end, k)
-
-    # -- text view -----------------------------------------------------------------------------------------------------
-    def item_texts(self) -> list:
-        """One description per row of ``items`` (what the retriever encodes); no pure ID field appears in it."""
-        columns = ["title", *self.spec.item_text_fields]
-        records = self.items[columns].to_dict("records")
-        return [item_description(self.spec.item_noun, record["title"], attributes_of(record, self.spec.item_text_fields))
-                for record in records]
-
-    def text_record(
-        self,
-        sample_id: int,
-        *,
-        retrieval=None,
-        history_item_ids: Optional[Sequence[str]] = None,
-        k_short: int = DEFAULT_K_SHORT,
-    ) -> TextRecord:
-        """The text view of one sample.
-
-        The short history is, by priority: the given ``history_item_ids`` (each must be one of the sample's earlier
-        items; listed oldest first whatever their order here), the short list of a retrieval result
-        (``retrieval.short_rows``), or the ``k_short`` most recent earlier interactions.
-        """
-        rows = None if history_item_ids is None else self._rows_of_items(int(sample_id), history_item_ids)[None, :]
-        view = SampleView.from_dataset(self, [sample_id], short=retrieval, k_long=0, k_short=k_short, short_rows=rows)
-        return text_records(view)[0]
-
-    def text_records(self, sample_ids: Iterable[int], *, retrieval=None, k_short: int = DEFAULT_K_SHORT) -> list:
-        """Text views of several samples (the retrieval's short lists, or the ``k_short`` most recent)."""
-        ids = np.asarray(sample_ids if isinstance(sample_ids, np.ndarray) else list(sample_ids), dtype=np.int64).ravel()
-        return text_records(SampleView.from_dataset(self, ids, short=retrieval, k_long=0, k_short=k_short))
-
-    def _rows_of_items(self, sample_id: int, item_ids: Sequence[str]) -> np.ndarray:
-        start, end = self.history_bounds([sample_id])
-        rows = np.arange(start[0], end[0])
-        earlier = dict(zip(self.items["item_id"].to_numpy(dtype=object)[self.item_index[rows]], rows))
-        chosen = []
-        for item in item_ids:
-            if str(item) not in earlier:
-                raise KeyError(f"item {item!r} is not among the earlier interactions of sample_id {sample_id}")
-            chosen.append(earlier[str(item)])
-        return np.sort(np.asarray(chosen, dtype=np.int64))
 
     # -- identity, stats, files ----------------------------------------------------------------------------------------
     @property

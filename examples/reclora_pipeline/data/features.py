@@ -8,7 +8,6 @@ index 0 is reserved for padding everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -84,46 +83,3 @@ class CTRFeatures:
             missing = np.asarray(sample_ids)[~found][0]
             raise KeyError(f"sample_id {missing} is not in these CTR features")
         return order[pos]
-
-    def save(self, path: Path) -> None:
-        import json
-
-        path = Path(path)
-        np.savez(
-            path,
-            sample_id=self.sample_id,
-            fields=self.fields,
-            hist_items=self.hist_items,
-            hist_ratings=self.hist_ratings,
-            hist_mask=self.hist_mask,
-            labels=self.labels,
-            meta=np.array(
-                json.dumps(
-                    {
-                        "field_names": self.field_names,
-                        "item_field": self.item_field,
-                        "vocab_size": self.vocab_size,
-                        "metadata": self.metadata,
-                    }
-                )
-            ),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> "CTRFeatures":
-        import json
-
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            return cls(
-                sample_id=data["sample_id"],
-                fields=data["fields"],
-                field_names=meta["field_names"],
-                item_field=meta["item_field"],
-                hist_items=data["hist_items"],
-                hist_ratings=data["hist_ratings"],
-                hist_mask=data["hist_mask"],
-                labels=data["labels"],
-                vocab_size=meta["vocab_size"],
-                metadata=meta.get("metadata", {}),
-            )

@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .validation import DataFormatError, ReadReport
 
@@ -65,8 +66,6 @@ def open_binary(path: Path, progress: bool = False) -> Iterator:
         magic = probe.read(2)
     raw = open(path, "rb", buffering=0)
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}", leave=False)
         raw = _CountingReader(raw, bar)
     with io.BufferedReader(raw, buffer_size=1 << 20) as stream:

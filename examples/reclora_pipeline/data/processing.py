@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .dataset import RecDataset
 from .history import history_ends
 from .raw import RawData
 from .validation import ReadReport
@@ -124,8 +125,6 @@ def process(
     split_ratio: Sequence[float] = DEFAULT_SPLIT_RATIO,
 ):
     """Filter, label, order and split a :class:`RawData`; returns a :class:`RecDataset`."""
-    from .dataset import RecDataset
-
     started = time.perf_counter()
     if core < 0 or min_history < 0:
         raise ValueError(f"core and min_history must be >= 0, got core={core}, min_history={min_history}")

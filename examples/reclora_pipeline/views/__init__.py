@@ -12,8 +12,8 @@ _EXPORTS = {
     "FieldVocabulary": ".ctr", "build_ctr_features": ".ctr", "ctr_features": ".ctr",
     "PROMPT_STYLES": ".prompts", "PROMPT_TEMPLATES": ".prompts", "PromptFormatter": ".prompts",
     "build_prompt": ".prompts", "prompt_token_ids": ".prompts",
-    "DEFAULT_K_LONG": ".samples", "DEFAULT_K_SHORT": ".samples", "SampleView": ".samples",
-    "TextRecord": ".text", "item_description": ".text", "text_records": ".text",
+    "SampleView": ".samples",
+    "TextRecord": ".text", "item_description": ".text", "item_texts": ".text", "text_records": ".text",
 }
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data.features import CTRFeatures
 from ..data.processing import natural_order
-from .samples import DEFAULT_K_LONG, SampleView
+from .samples import SampleView
 
 if TYPE_CHECKING:
     from ..data.dataset import RecDataset
@@ -163,7 +163,7 @@ def build_ctr_features(
     retrieval=None,
     split: Optional[str] = None,
     *,
-    history_length: int = DEFAULT_K_LONG,
+    history_length: Optional[int] = None,
     vocabulary: Optional[FieldVocabulary] = None,
 ) -> CTRFeatures:
     """The CRM inputs of one split of a dataset (``"train"``, ``"valid"``, ``"test"``, or ``None`` for all samples).
@@ -171,8 +171,11 @@ def build_ctr_features(
     Args:
         retrieval: a ``RetrievalResult``: its long lists (chronological) become ``hist_items``; ``None`` takes the
             ``history_length`` most recent earlier interactions instead.
-        history_length: K of ``hist_items`` when ``retrieval`` is ``None`` (a retrieval brings its own K_long).
+        history_length: K of ``hist_items``, required when ``retrieval`` is ``None`` (a retrieval brings its own
+            K_long).
     """
+    if retrieval is None and history_length is None:
+        raise ValueError("history_length is required without a retrieval result: how many recent interactions to take")
     view = SampleView.from_dataset(dataset, dataset.sample_ids(split), long=retrieval, k_long=history_length,
                                    k_short=0, split=split)
     return ctr_features(view, vocabulary or FieldVocabulary.from_dataset(dataset))

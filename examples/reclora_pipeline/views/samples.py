@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from ..data.dataset import RecDataset
     from ..data.raw import DatasetSpec
 
-DEFAULT_K_LONG = 60
-DEFAULT_K_SHORT = 10
-
 
 @dataclass
 class SampleView:
@@ -74,17 +71,19 @@ class SampleView:
         return self.item_ids(self.short_items[position])
 
     @classmethod
-    def from_dataset(cls, dataset: "RecDataset", sample_ids, *, long=None, short=None, k_long: int = DEFAULT_K_LONG,
-                     k_short: int = DEFAULT_K_SHORT, short_rows: Optional[np.ndarray] = None,
+    def from_dataset(cls, dataset: "RecDataset", sample_ids, *, long=None, short=None, k_long: Optional[int] = None,
+                     k_short: Optional[int] = None, short_rows: Optional[np.ndarray] = None,
                      split: Optional[str] = None) -> "SampleView":
         """Samples of a processed dataset. ``long`` / ``short``: retrieval results whose long / short lists are the
-        histories (None: the ``k_long`` / ``k_short`` most recent earlier interactions); ``short_rows`` gives the
-        prompt's history as interaction rows instead."""
+        histories; without one, the ``k_long`` / ``k_short`` most recent earlier interactions (then required: the
+        run config's ``retrieval`` section owns their values). ``short_rows`` gives the prompt's history as
+        interaction rows instead."""
         ids = np.atleast_1d(np.asarray(sample_ids, dtype=np.int64))
         rows = dataset.rows_for(ids)
-        long_rows = long.long_rows(ids, dataset) if long is not None else dataset.recent_history_rows(ids, k_long)
+        long_rows = long.long_rows(ids, dataset) if long is not None else _recent_rows(dataset, ids, k_long, "k_long")
         if short_rows is None:
-            short_rows = short.short_rows(ids, dataset) if short is not None else dataset.recent_history_rows(ids, k_short)
+            short_rows = (short.short_rows(ids, dataset) if short is not None
+                          else _recent_rows(dataset, ids, k_short, "k_short"))
         long_items, long_ratings = _items_and_ratings(dataset, long_rows)
         short_items, short_ratings = _items_and_ratings(dataset, short_rows)
         metadata = {"dataset": dataset.name, "split": split or "all", "dataset_fingerprint": dataset.fingerprint,
@@ -93,6 +92,13 @@ class SampleView:
                    user=dataset.user_index[rows].astype(np.int64), item=dataset.item_index[rows].astype(np.int64),
                    long_items=long_items, long_ratings=long_ratings, short_items=short_items,
                    short_ratings=short_ratings, label=dataset.label[rows], metadata=metadata)
+
+
+def _recent_rows(dataset: "RecDataset", ids: np.ndarray, k: Optional[int], name: str) -> np.ndarray:
+    """Each sample's ``k`` most recent earlier interactions; ``name`` is the parameter that gave ``k``."""
+    if k is None:
+        raise ValueError(f"{name} is required without a retrieval result: how many recent interactions to take")
+    return dataset.recent_history_rows(ids, k)
 
 
 def _items_and_ratings(dataset: "RecDataset", rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

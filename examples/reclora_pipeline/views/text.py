@@ -8,11 +8,14 @@ Appendix C), and they would only add tokens. Unknown values ("unknown", "") are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .samples import SampleView
+
+if TYPE_CHECKING:
+    from ..data.dataset import RecDataset
 
 UNKNOWN_VALUES = ("", "unknown")
 GENDER_WORDS = {"M": "male", "F": "female"}
@@ -88,6 +91,14 @@ def item_description(noun: str, title: str, attributes: dict) -> str:
     elif "publisher" in attributes:
         parts.append(f"It was published by {attributes['publisher']}.")
     return " ".join(parts)
+
+
+def item_texts(dataset: "RecDataset") -> list:
+    """One description per row of ``dataset.items`` (what the retriever encodes); no pure ID field appears in it."""
+    spec = dataset.spec
+    records = dataset.items[["title", *spec.item_text_fields]].to_dict("records")
+    return [item_description(spec.item_noun, record["title"], attributes_of(record, spec.item_text_fields))
+            for record in records]
 
 
 def text_records(view: SampleView) -> list:
