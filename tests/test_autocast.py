@@ -17,7 +17,7 @@ from peft import get_peft_model
 from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference
 from peft_reclora.ops import triton_kernels
 
-from support.tiny_models import TokenSamples as Samples, make_tiny_llama, reclora_config
+from support.tiny_models import TokenSamples, make_tiny_llama, reclora_config
 
 requires_triton = pytest.mark.skipif(triton_kernels.triton is None, reason="triton is not installed")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -227,7 +227,7 @@ def test_trainer_bf16_mixed_precision_on_an_fp32_model(tmp_path):
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     Trainer(
-        model=model, args=args, train_dataset=Samples(),
+        model=model, args=args, train_dataset=TokenSamples(),
         data_collator=lambda rows: {key: torch.stack([row[key] for row in rows]) for key in rows[0]},
     ).train()
     hook.remove()

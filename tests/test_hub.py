@@ -15,7 +15,7 @@ from peft import PeftModel, get_peft_model
 
 import peft_reclora
 
-from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora
 
 
 def test_import_changes_no_peft_class():
@@ -53,7 +53,7 @@ def test_import_changes_no_peft_class():
 
 
 def test_save_pretrained_writes_the_reclora_card_section_per_adapter(tmp_path):
-    model = _trained()
+    model = trained_reclora()
     model.add_adapter("second", reclora_config(num_meta_loras=3, crm_dim=5))
     model.save_pretrained(tmp_path)
     card = huggingface_hub.ModelCard.load(tmp_path / "README.md")
@@ -75,7 +75,7 @@ def test_a_bare_config_save_never_touches_an_unrelated_readme(tmp_path):
 
 
 def test_peft_save_pretrained_arguments_keep_their_meaning(tmp_path):
-    model = _trained()
+    model = trained_reclora()
     model.add_adapter("second", reclora_config(num_meta_loras=3))
     model.save_pretrained(tmp_path / "bin", safe_serialization=False, selected_adapters=["second"])
     assert (tmp_path / "bin" / "second" / "adapter_model.bin").exists()
@@ -110,7 +110,7 @@ def hub(monkeypatch, tmp_path):
 
 
 def test_push_to_hub_uploads_a_loadable_adapter_with_its_reclora_card(hub, batch):
-    model = _trained()
+    model = trained_reclora()
     expected = model(**batch).logits
     peft_reclora.push_to_hub(
         model, "someone/reclora-tiny", private=True, revision="v1", tags=["movies"], commit_message="first",
@@ -131,7 +131,7 @@ def test_push_to_hub_uploads_a_loadable_adapter_with_its_reclora_card(hub, batch
 
 
 def test_push_to_hub_passes_save_pretrained_arguments_through(hub):
-    model = _trained()
+    model = trained_reclora()
     model.add_adapter("second", reclora_config(num_meta_loras=3))
     peft_reclora.push_to_hub(model, "someone/second-only", safe_serialization=False, selected_adapters=["second"])
     files = sorted(str(p.relative_to(hub["uploaded"])) for p in hub["uploaded"].rglob("*") if p.is_file())

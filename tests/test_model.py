@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraLayer
 
-from support.tiny_models import TINY_VOCAB, TokenSamples as Samples, make_tiny_llama, reclora_config
+from support.tiny_models import TINY_VOCAB, TokenSamples, make_tiny_llama, reclora_config
 
 
 @pytest.fixture(params=["CAUSAL_LM", None], ids=["causal_lm", "task_none"])
@@ -380,7 +380,7 @@ def test_trainer_passes_crm_embeds_through_a_collator(tmp_path):
         report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no", remove_unused_columns=False,
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    Trainer(model=model, args=args, train_dataset=Samples(), data_collator=collate).train()
+    Trainer(model=model, args=args, train_dataset=TokenSamples(), data_collator=collate).train()
     hook.remove()
     assert seen and all(crm is not None and crm.shape == (4, 6) for crm in seen)
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p.detach())]

@@ -10,7 +10,7 @@ from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 
 from peft_reclora import RecLoraConfig, check_adapter_folder
 
-from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora
 
 
 @pytest.mark.parametrize("value", [1e300, -1e39])
@@ -51,7 +51,7 @@ def test_non_finite_config_values_raise_naming_the_field(field, value):
 
 
 def test_non_finite_adapter_weights_are_refused_at_load_naming_the_tensor(tmp_path):
-    _trained().save_pretrained(tmp_path)
+    trained_reclora().save_pretrained(tmp_path)
     weights_path = tmp_path / "adapter_model.safetensors"
     tensors = load_file(weights_path)
     poisoned = sorted(key for key in tensors if "reclora_B" in key)[1]

@@ -14,12 +14,12 @@ from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraConfig
 
-from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora as _trained
+from support.tiny_models import make_tiny_llama, reclora_config, trained_reclora
 
 
 @pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
 def test_save_writes_only_reclora_weights_and_reload_is_identical(tmp_path, batch, gate_sharing):
-    model = _trained(reclora_config(gate_sharing=gate_sharing))
+    model = trained_reclora(reclora_config(gate_sharing=gate_sharing))
     expected = model(**batch).logits
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
@@ -40,13 +40,13 @@ def test_save_writes_only_reclora_weights_and_reload_is_identical(tmp_path, batc
 
 
 def test_load_under_another_name_and_load_adapter(tmp_path, batch):
-    model = _trained()
+    model = trained_reclora()
     expected = model(**batch).logits
     model.save_pretrained(tmp_path)
     renamed = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, adapter_name="user_model")
     torch.testing.assert_close(renamed(**batch).logits, expected, rtol=0, atol=0)
 
-    other = _trained(seed=1)
+    other = trained_reclora(seed=1)
     other_logits = other(**batch).logits
     other.save_pretrained(tmp_path / "other")
     result = renamed.load_adapter(tmp_path / "other", adapter_name="other")
@@ -58,7 +58,7 @@ def test_load_under_another_name_and_load_adapter(tmp_path, batch):
 
 
 def test_low_cpu_mem_usage_load(tmp_path, batch):
-    model = _trained()
+    model = trained_reclora()
     expected = model(**batch).logits
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, low_cpu_mem_usage=True)
@@ -92,7 +92,7 @@ def _rewrite_config(path, **changes):
     [({"num_meta_loras": 8}, "num_meta_loras"), ({"r": 4}, "num_meta_loras \\* r"), ({"crm_dim": 9}, "crm_dim")],
 )
 def test_mismatched_adapter_files_raise(tmp_path, changes, fragment):
-    _trained().save_pretrained(tmp_path)
+    trained_reclora().save_pretrained(tmp_path)
     _rewrite_config(tmp_path, **changes)
     with pytest.raises(ValueError, match=fragment) as info:
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path)
@@ -100,7 +100,7 @@ def test_mismatched_adapter_files_raise(tmp_path, changes, fragment):
 
 
 def test_missing_keys_raise(tmp_path):
-    _trained().save_pretrained(tmp_path)
+    trained_reclora().save_pretrained(tmp_path)
     weights_path = tmp_path / "adapter_model.safetensors"
     tensors = load_file(weights_path)
     dropped = next(key for key in tensors if "reclora_gate" in key)
@@ -158,6 +158,6 @@ def test_export_personalized_lora_loads_in_plain_peft_with_the_same_outputs(tmp_
 
 
 def test_export_refuses_more_than_one_user(tmp_path):
-    model = _trained()
+    model = trained_reclora()
     with pytest.raises(ValueError, match="one user"):
         model.base_model.export_personalized_lora(torch.randn(2, 6), tmp_path)

@@ -57,6 +57,8 @@ DEFAULT_K_LONG = 60
 DEFAULT_K_SHORT = 10
 DEFAULT_CRM_EMBED_DIM = 32
 DEFAULT_CRM_HIDDEN_DIMS = (256, 128, 64)
+DEFAULT_CRM_DROPOUT = 0.1
+DEFAULT_RC_LAYER = -1  # R_c is the last hidden layer's output
 
 
 # -- the sections -----------------------------------------------------------------------------------------------------
@@ -173,8 +175,8 @@ class CrmModelConfig(Section):
                              stages=("crm",))
     hidden_dims: tuple[int, ...] = setting(DEFAULT_CRM_HIDDEN_DIMS, "widths of the MLP hidden layers", minimum=1,
                                            stages=("crm",))
-    dropout: float = setting(0.1, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
-    rc_layer: int = setting(-1, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
+    dropout: float = setting(DEFAULT_CRM_DROPOUT, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
+    rc_layer: int = setting(DEFAULT_RC_LAYER, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
                             stages=("crm",), flag="--crm-rc-layer")
 
     def check(self) -> None:

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .artifacts import atomic_path
-from .config import RetrievalConfig
+from .config import POOLINGS, RetrievalConfig
 from .data.dataset import RecDataset
 from .data.history import recent_rows
 from .llm import cache_root, load_base_model, load_tokenizer
@@ -48,7 +48,6 @@ ITEM_VECTORS_NAME = "item_vectors.safetensors"
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "last")
 DEFAULT_PCA_DIM = RetrievalConfig().pca_dim
 DEFAULT_BLOCK_ELEMENTS = RetrievalConfig().block_elements
 RESULT_FORMAT_VERSION = 1

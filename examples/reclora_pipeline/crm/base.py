@@ -15,6 +15,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 from torch import nn
 
+from ..config import DEFAULT_CRM_DROPOUT, DEFAULT_RC_LAYER
 from .inputs import CrmSchema, SchemaLike, as_schema, check_batch
 
 
@@ -33,8 +34,8 @@ class CrmModel(nn.Module):
         *,
         embed_dim: int,
         hidden_dims: Sequence[int],
-        dropout: float = 0.1,
-        rc_layer: int = -1,
+        dropout: float = DEFAULT_CRM_DROPOUT,
+        rc_layer: int = DEFAULT_RC_LAYER,
         validate_inputs: bool = True,
     ):
         super().__init__()
