@@ -2,10 +2,13 @@
 it and of those downstream, and nothing upstream (computed from the plan: nothing runs)."""
 
 import dataclasses
+import json
 import shutil
 import typing
+from pathlib import Path
 
 import pytest
+import torch
 
 from reclora_pipeline.config import RESERVED_ADAPTER_KEYS, RunConfig, leaves
 from reclora_pipeline.data import embedded_ml100k_dir
@@ -238,3 +241,29 @@ def test_the_base_model_is_known_by_its_content(base, tmp_path):
     assert not any(compare(after, plan_run(config)))
     with pytest.raises(UnknownBaseModel, match="llm.base_model: .*not a folder"):
         base_model_identity(str(tmp_path / "missing" / "llm"))
+
+
+# The stage keys four configs had when the stage inputs were string-keyed dicts (tests/data/stage_keys.json): a
+# change to how inputs are declared, built or serialized must leave every one of them as it was.
+STORED_KEYS = Path(__file__).parent / "data" / "stage_keys.json"
+# What the data stage stamped of the embedded ml-100k files when those keys were planned (name, size, mtime_ns): a
+# fresh install of the files has other modification times, which change the data key and every key downstream.
+STORED_SOURCE_FILES = [["ml-100k.inter", 1979230, 1796645953588662051], ["ml-100k.item", 66632, 1796645953592313250],
+                       ["ml-100k.kg", 3515608, 1796645953596662052], ["ml-100k.link", 21507, 1796645953602048635],
+                       ["ml-100k.user", 22697, 1796645953602236334]]
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(STORED_KEYS.read_text())))
+def test_stage_keys_are_the_stored_ones(name, monkeypatch):
+    """Every node of the plan of a stored config has the key stored for it (planned on a CPU machine)."""
+    from reclora_pipeline.stages import data as data_stage
+
+    stored = json.loads(STORED_KEYS.read_text())[name]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stamp = data_stage.source_stamp
+    monkeypatch.setattr(data_stage, "source_stamp", lambda data: STORED_SOURCE_FILES if data.source is None and
+                        [entry[:2] for entry in stamp(data)] == [entry[:2] for entry in STORED_SOURCE_FILES]
+                        else stamp(data))
+    planned = {f"{stage}/{label}": node.key
+               for (stage, label), node in plan_run(RunConfig.from_dict(stored["config"])).nodes().items()}
+    assert planned == stored["keys"]
