@@ -235,7 +235,7 @@ def test_the_base_model_is_known_by_its_content(base, tmp_path):
         tmp_path / "other", b"weights two")})))
     assert changed and not added and not removed and changed == elsewhere
     assert {stage for stage, _ in changed} == {"retrieval", "crm", "rc", "tune", "score"}
-    assert all(node.inputs["llm"]["identity"] == base_model_identity(str(folder))
+    assert all(node.inputs.llm.identity == base_model_identity(str(folder))
                for node in after.nodes().values() if node.stage == "tune")
     (folder / "model.safetensors").touch()  # a new mtime, the same bytes: hashed again, the same identity
     assert not any(compare(after, plan_run(config)))
@@ -267,3 +267,22 @@ def test_stage_keys_are_the_stored_ones(name, monkeypatch):
     planned = {f"{stage}/{label}": node.key
                for (stage, label), node in plan_run(RunConfig.from_dict(stored["config"])).nodes().items()}
     assert planned == stored["keys"]
+
+
+def test_stage_inputs_read_back_typed_from_their_dict(base):
+    """What a manifest records of a node's inputs (their JSON form) reads back as the same typed inputs."""
+    from reclora_pipeline.artifacts import Artifact
+
+    plan = plan_run(base.override({"eval.shuffled_gate": True, "tune.gate_learning_rate": 1e-4}))
+    kinds = set()
+    for node in plan.nodes().values():
+        recorded = json.loads(json.dumps(node.inputs.to_dict()))
+        again = Artifact(Path("unused"), {"inputs": recorded}).inputs_as(type(node.inputs))
+        assert again == node.inputs and again.to_dict() == recorded, node
+        kinds.add(type(node.inputs).__name__)
+    assert kinds == {"DataInputs", "RetrievalInputs", "CrmInputs", "RcInputs", "TuneInputs", "CrmScoreInputs",
+                     "LlmScoreInputs"}
+    tunes = {model.name: model.tune.inputs for model in plan.llm_models if model.tune is not None}
+    assert tunes["RecLoRA"].gate_learning_rate == 1e-4 and "gate_learning_rate" not in tunes["LoRA (r=8)"].to_dict()
+    assert tunes["RecLoRA"].adapter_training.gate_learning_rate == 1e-4
+    assert "encoder" not in plan.retrievals["recent"].inputs.to_dict()

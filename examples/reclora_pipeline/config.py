@@ -661,11 +661,11 @@ class RunConfig(Section):
             try:
                 peft_config = model.peft_config(self.tune.adapter, crm_dim=self.crm.model.crm_dim)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.name(self)}: "
+                raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.label(self)}: "
                                  f"{error}") from None
             problem = peft_config and adapter_target_problem(peft_config, architecture)
             if problem:
-                raise ValueError(f"tune.adapter: {problem}, so {model.name(self)} would tune nothing of "
+                raise ValueError(f"tune.adapter: {problem}, so {model.label(self)} would tune nothing of "
                                  f"llm.base_model {self.llm.base_model!r}")
         if self.tune.adapter.get("kernel_backend") == "triton":
             import torch
