@@ -595,7 +595,7 @@ def test_answer_tokens_of_another_tokenizer_are_refused(saved_folder, tiny_run, 
 
 
 def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, tiny_run, tmp_path, monkeypatch):
-    import reclora_pipeline.llm
+    import reclora_pipeline.serving.recommender
 
     folder = Path(shutil.copytree(saved_folder, tmp_path / "copy"))
     recommender = RecLoraRecommender.from_pretrained(folder, base_model=tiny_run.base_model, device="cpu")
@@ -604,7 +604,7 @@ def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, 
     def no_llm(*args, **kwargs):
         raise AssertionError("the base LLM was loaded before the adapter folder was checked")
 
-    monkeypatch.setattr(reclora_pipeline.llm, "load_base_model", no_llm)
+    monkeypatch.setattr(reclora_pipeline.serving.recommender, "load_base_model", no_llm)
     with pytest.raises(FileNotFoundError, match=f"{folder} has no weights file .adapter_model.safetensors or "):
         recommender.load_model()
 

@@ -13,6 +13,7 @@ config class takes, unchanged. Adding a method is one subclass of :class:`Method
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
@@ -54,8 +55,6 @@ def adapter_key_problem(key: str) -> Optional[str]:
     """Why ``key`` cannot be a ``tune.adapter`` key, or None when RecLoraConfig or LoraConfig takes it."""
     if key in _fields(_reclora_config_class()) or key in _fields(_lora_config_class()):
         return None
-    import difflib
-
     known = sorted(set(_fields(_reclora_config_class())) | set(_fields(_lora_config_class())))
     close = difflib.get_close_matches(key, known, n=3)
     return ("neither RecLoraConfig nor LoraConfig has this field"

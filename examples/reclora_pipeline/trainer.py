@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
+import math
 import os
 import shutil
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from .config import RESERVED_TRAINING_KEYS
+from .config import RESERVED_TRAINING_KEYS, SEED_RANGE
 from .scoring import AnswerTokens, left_pad
 from .stages import Runtime
 from .tracking import tracker_names
@@ -167,8 +173,6 @@ def _answer_token_trainer_class():
 
 def build_peft_model(base_model, peft_config):
     """``get_peft_model`` with the method's config (RecLoraConfig or LoraConfig)."""
-    import warnings
-
     from peft import get_peft_model
 
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
@@ -189,7 +193,7 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
 
     use_cuda = torch.cuda.is_available()
     arguments = installed_training_keys(training)
-    batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
+    batch = int(arguments.get("per_device_train_batch_size", training_default("per_device_train_batch_size")))
     if processes > 1:
         if batch % processes:
             raise ValueError(f"tune.training.per_device_train_batch_size={batch} is the batch of one process and must "
@@ -224,7 +228,8 @@ def installed_training_keys(training: Mapping) -> dict:
             for key, value in training.items()}
 
 
-def _declared(name: str):
+def training_default(name: str):
+    """The default of a ``TrainingArguments`` field, as the installed transformers declares it."""
     from transformers import TrainingArguments
 
     item = {f.name: f for f in dataclasses.fields(TrainingArguments)}[name]
@@ -247,12 +252,6 @@ def training_value_problem(key: str, value, hint) -> Optional[str]:
     """Why ``value`` is not what the TrainingArguments field ``key`` (annotated ``hint``) takes at run time, or None:
     numbers must be numbers (a string learning rate reaches the optimizer), finite and within
     ``TRAINING_LOWER_BOUNDS``; seeds must be in ``SEED_RANGE``. Fields of other types are left to TrainingArguments."""
-    import math
-    import types
-    import typing
-
-    from .config import SEED_RANGE
-
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
     if options:
         if value is None and type(None) in options:
@@ -285,8 +284,6 @@ def training_value_problem(key: str, value, hint) -> Optional[str]:
 def training_arguments_problem(training: Mapping) -> Optional[str]:
     """Why ``tune.training`` does not make TrainingArguments a run can train with (an unknown or reserved key, a value
     of the wrong type or range, zero training steps, what TrainingArguments itself rejects), or None."""
-    import typing
-
     from transformers import TrainingArguments
 
     known = _training_fields()
@@ -301,8 +298,8 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
         problem = training_value_problem(key, value, hints[key])
         if problem:
             return f"{key}: {problem}"
-    if training.get("max_steps", _declared("max_steps")) <= 0 and training.get(
-            "num_train_epochs", _declared("num_train_epochs")) <= 0:
+    if training.get("max_steps", training_default("max_steps")) <= 0 and training.get(
+            "num_train_epochs", training_default("num_train_epochs")) <= 0:
         return "the run would train zero steps: give num_train_epochs above 0 (or max_steps of at least 1)"
     try:
         training_arguments(training, Path("unused"), num_samples=1, progress=False)
@@ -404,8 +401,6 @@ def checkpoint_problem(path: Path, processes: int = 1) -> Optional[str]:
 
 
 def _safetensors_keys(path: Path) -> list:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return list(handle.keys())
 
@@ -429,8 +424,6 @@ def discard_checkpoints(checkpoints: Path) -> None:
 
 
 def _read_json(path: Path):
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -36,7 +36,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import peft_reclora
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..artifacts import RunFolder, read_json, sha256_of_file, write_json_atomically
 from ..config import RunConfig
@@ -44,6 +47,9 @@ from ..crm import CrmSchema, RcTable, crm_fingerprint, load_crm, read_crm_config
 from ..crm.serialization import CRM_CONFIG_NAME
 from ..data import RecDataset
 from ..data.raw import DatasetSpec
+from ..llm import load_adapter, load_base_model, load_tokenizer
+from ..methods import keyword_arguments, models_of
+from ..model_identity import base_model_identity
 from ..provenance import recorded_provenance
 from ..retriever import ITEM_VECTORS_NAME, RetrievalResult
 from ..scoring import AnswerTokens, score_yes_probability
@@ -51,6 +57,7 @@ from ..stages import LlmInputs
 from ..stages.tune import PEFT_BOOKKEEPING, TuneInputs
 from ..trainer import ADAPTER_DIR, adapter_weights_file
 from ..views import FieldVocabulary, PromptFormatter, SampleView, ctr_features, prompt_token_ids, text_records
+from .publish import model_card, public_model_id, push_recommender
 from .records import (
     AnswerTokenRecord, DatasetSummary, Lineage, ModelRecord, RecommenderRecord, RetrieverSummary,
 )
@@ -160,10 +167,6 @@ class RecLoraRecommender:
     # -- saving and publishing -----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Union[str, Path], repo_id: Optional[str] = None) -> Path:
         """Write the publishable folder (see the module docstring); ``repo_id`` goes into the model card's snippet."""
-        from safetensors.torch import save_file
-
-        from .publish import model_card, public_model_id
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         adapter_config = dict(self.adapter_config)
@@ -198,8 +201,6 @@ class RecLoraRecommender:
 
         Returns a :class:`reclora_pipeline.serving.publish.PushResult` (repo id, revision, files, commit url).
         """
-        from .publish import push_recommender
-
         return push_recommender(self, repo_id, private=private, revision=revision, token=token, dry_run=dry_run,
                                 commit_message=commit_message)
 
@@ -215,8 +216,6 @@ class RecLoraRecommender:
         """Load the tokenizer, the base LLM and the adapter (done by the first ``score``); returns ``self``."""
         if self.model is not None:
             return self
-        from ..llm import load_adapter, load_base_model, load_tokenizer
-
         self.check_base_model()
         tokenizer = load_tokenizer(self.base_model)
         formatter = PromptFormatter.from_config(tokenizer, self.record.config.prompt)
@@ -237,8 +236,6 @@ class RecLoraRecommender:
     def check_base_model(self) -> str:
         """The content identity of the base LLM to load; one other than the adapter's is refused (an error naming
         both) unless ``allow_other_base_model``, and then logged."""
-        from ..model_identity import base_model_identity
-
         identity = base_model_identity(self.base_model)
         trained = self.record.lineage.base_model_identity
         if identity != trained:
@@ -403,8 +400,6 @@ def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> R
 
 def trained_answer_tokens(config: RunConfig) -> AnswerTokenRecord:
     """The answer tokens of the run's prompt style, read from the tokenizer (no model is loaded)."""
-    from ..llm import load_tokenizer
-
     formatter = PromptFormatter.from_config(load_tokenizer(config.llm.base_model), config.prompt)
     tokens = formatter.to_dict()
     return AnswerTokenRecord(tokens["yes_token"], tokens["no_token"], int(tokens["yes_token_id"]),
@@ -452,8 +447,6 @@ def resolve_folder(repo_id_or_folder: Union[str, Path], revision: Optional[str] 
 
 def read_parts(folder: Path) -> RecommenderParts:
     """Read a saved folder; a missing file raises ``FileNotFoundError`` naming the part."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config_path = folder / RECOMMENDER_CONFIG_NAME
     if not config_path.is_file():
@@ -485,8 +478,6 @@ def read_parts(folder: Path) -> RecommenderParts:
 def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
     """Read the adapter config and its weights' shapes (header only), check them against each other and the weights
     against the adapter the run trained; returns the adapter config."""
-    from safetensors import safe_open
-
     adapter_dir = Path(adapter_dir)
     for part, name in (("adapter config", ADAPTER_CONFIG_NAME), ("adapter weights", ADAPTER_WEIGHTS_NAME)):
         if not (adapter_dir / name).is_file():
@@ -548,10 +539,6 @@ def run_adapter_differences(adapter_config: dict, record: RecommenderRecord) -> 
     """The adapter settings the run's config fixes for this model (the ``tune.adapter`` keys its method passes to
     PEFT, and crm_dim) that ``adapter_config`` contradicts. Unset keys are not compared: their defaults belong to the
     PEFT version that trained the adapter, not to the one reading it."""
-    import peft_reclora
-
-    from ..methods import keyword_arguments, models_of
-
     config = record.config
     methods = [method for method in models_of(config) if method.label(config) == record.model.name]
     if not methods:

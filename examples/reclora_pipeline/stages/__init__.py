@@ -8,8 +8,9 @@ reads, hence its key) and ``run(folder, node, upstream artifacts) -> artifact`` 
     score (per model: every CRM, every LLM model) ──> report (results.json, results.md, predictions/, plots/)
 
 Each stage declares what it reads as one frozen dataclass (``DataInputs``, ``RetrievalInputs``, ``CrmInputs``,
-``RcInputs``, ``TuneInputs``, ``CrmScoreInputs`` / ``LlmScoreInputs``), a ``StageInputs`` whose dict form is what the
-key hashes; a reader of a finished artifact gets it back typed with ``artifact.inputs_as(TuneInputs)``.
+``RcInputs``, ``TuneInputs``, ``CrmScoreInputs`` / ``LlmScoreInputs``; the base LLM of the stages that load it is
+``LlmInputs``), a ``StageInputs`` whose dict form is what the key hashes; a reader of a finished artifact gets it back
+typed with ``artifact.inputs_as(TuneInputs)``.
 
 Stages never import each other; ``reclora_pipeline.plan`` builds the graph and ``reclora_pipeline.pipeline`` runs it.
 """
@@ -27,6 +28,7 @@ from ..config import LlmConfig
 from ..distributed import Processes
 from ..llm import dtype_name, resolve_dtype
 from ..model_identity import base_model_identity
+from ..tracking import Trackers
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,6 @@ class Runtime:
 
     def trackers(self, run_name: str, config: Mapping):
         """The experiment trackers of one training run (a CRM), started; none on processes other than the main."""
-        from ..tracking import Trackers
-
         if not self.processes.main:
             return Trackers()
         return Trackers.start(self.report_to, run_name, self.tracking_dir, {"project": self.project, **config})

@@ -28,7 +28,7 @@ from ..sampling import load_index_file, save_index_file, seeded_sample
 from ..scoring import AnswerTokens
 from ..trainer import (
     ADAPTER_DIR, AdapterTraining, AnswerTokenDataset, build_peft_model, discard_checkpoints, last_checkpoint,
-    seed_everything, train_adapter,
+    seed_everything, train_adapter, training_default,
 )
 from ..views import PromptFormatter, SampleView, prompt_token_ids, text_records
 from . import LlmInputs, Runtime, device_kind
@@ -108,7 +108,8 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     def build(staging: Path) -> dict:
         tokenizer = load_tokenizer(inputs.llm.base_model)
         formatter = PromptFormatter.from_config(tokenizer, inputs.prompt)
-        seed_everything(int(inputs.training.get("seed", _declared_seed())))
+        # TrainingArguments' own default seed, which the Trainer uses when tune.training sets none.
+        seed_everything(int(inputs.training.get("seed", training_default("seed"))))
         base = load_base_model(inputs.llm.base_model, dtype=inputs.llm.torch_dtype).to(runtime.device)
         base.config.pad_token_id = tokenizer.pad_token_id
         train_ids = seeded_sample(dataset.sample_ids("train"), inputs.few_shot, inputs.few_shot_seed, what="few-shot")
@@ -156,15 +157,6 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     # Collective: on several processes every one trains (DDP through the Trainer); the main one writes.
     adapter, _ = cached(folder, node, build, load, keep=("checkpoints",), collective=True)
     return adapter
-
-
-def _declared_seed() -> int:
-    """TrainingArguments' own default seed, which the Trainer uses when tune.training sets none."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    return {item.name: item for item in dataclasses.fields(TrainingArguments)}["seed"].default
 
 
 def peft_config_of(recorded: dict, rc: Optional[RcTable]):
