@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+from peft import get_peft_model
 from safetensors import safe_open
 from torch.utils.data import Dataset
+from transformers import set_seed
 
 from .config import RESERVED_TRAINING_KEYS, SEED_RANGE
 from .scoring import AnswerTokens, left_pad
@@ -173,8 +175,6 @@ def _answer_token_trainer_class():
 
 def build_peft_model(base_model, peft_config):
     """``get_peft_model`` with the method's config (RecLoraConfig or LoraConfig)."""
-    from peft import get_peft_model
-
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(base_model, peft_config)
@@ -428,7 +428,5 @@ def _read_json(path: Path):
 
 
 def seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
     set_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
