@@ -6,7 +6,7 @@ import torch
 from safetensors.numpy import load_file
 
 from reclora_pipeline.crm import (
-    CrmEmbeddingTable,
+    RcTable,
     StaleCrmCacheError,
     assert_frozen_eval,
     build_crm,
@@ -58,7 +58,7 @@ def test_assert_frozen_eval_names_the_problem(splits):
 
 def test_table_lookup_by_sample_id(splits):
     model = _model(splits)
-    table = CrmEmbeddingTable.from_model(model, splits["valid"], batch_size=128, progress=False)
+    table = RcTable.from_model(model, splits["valid"], batch_size=128, progress=False)
     assert len(table) == len(splits["valid"]) and table.crm_dim == 24
     assert table.fingerprint == crm_fingerprint(model)
     ids = splits["valid"].sample_id[[17, 3, 250, 3]]
@@ -78,16 +78,16 @@ def test_table_lookup_by_sample_id(splits):
 
 def test_merge_tables_of_two_splits(splits):
     model = freeze_crm(_model(splits))
-    train = CrmEmbeddingTable.from_model(model, splits["train"], progress=False)
-    valid = CrmEmbeddingTable.from_model(model, splits["valid"], progress=False)
-    both = CrmEmbeddingTable.merge([train, valid])
+    train = RcTable.from_model(model, splits["train"], progress=False)
+    valid = RcTable.from_model(model, splits["valid"], progress=False)
+    both = RcTable.merge([train, valid])
     ids = [splits["train"].sample_id[5], splits["valid"].sample_id[9]]
     torch.testing.assert_close(both.get(ids), torch.cat([train.get(ids[:1]), valid.get(ids[1:])]))
     with pytest.raises(ValueError, match="appears twice"):
-        CrmEmbeddingTable.merge([train, train])
-    other = CrmEmbeddingTable.from_model(_model(splits, seed=1), splits["valid"], progress=False)
+        RcTable.merge([train, train])
+    other = RcTable.from_model(_model(splits, seed=1), splits["valid"], progress=False)
     with pytest.raises(StaleCrmCacheError):
-        CrmEmbeddingTable.merge([train, other])
+        RcTable.merge([train, other])
 
 
 def test_cache_is_reused_and_stale_cache_is_detected(splits, tmp_path, monkeypatch):
@@ -109,11 +109,11 @@ def test_cache_is_reused_and_stale_cache_is_detected(splits, tmp_path, monkeypat
     # Loading with another CRM's fingerprint fails loudly ...
     changed = _model(splits, seed=1)
     with pytest.raises(StaleCrmCacheError, match="another CRM"):
-        CrmEmbeddingTable.load(path, expected_fingerprint=crm_fingerprint(changed))
+        RcTable.load(path, expected_fingerprint=crm_fingerprint(changed))
     # ... and precompute recomputes (and rewrites) instead of returning stale vectors.
     _, fresh = precompute_crm_embeds(changed, splits["valid"], cache_path=path, progress=False)
     assert not np.allclose(fresh, embeds)
-    assert CrmEmbeddingTable.load(path).fingerprint == crm_fingerprint(changed)
+    assert RcTable.load(path).fingerprint == crm_fingerprint(changed)
 
     # Another R_c layer is another cache too.
     assert crm_fingerprint(changed, layer=0) != crm_fingerprint(changed)

@@ -17,6 +17,7 @@ from reclora_pipeline.config import RunConfig
 from reclora_pipeline.methods import models_of
 from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
+from reclora_pipeline.stages.score import LlmScoreInputs
 
 from support.pipeline_runs import fast_config
 
@@ -46,7 +47,7 @@ def test_presets_and_validation():
 
 def test_models_cover_every_comparison():
     config = RunConfig.from_preset("full", {"study.sweep_num_meta_loras": [4, 16], "study.sweep_few_shot": [64]})
-    models = {model.name(config): model for model in models_of(config)}
+    models = {model.label(config): model for model in models_of(config)}
     plan = {model.name: model for model in plan_run(config).llm_models}
     assert not models["Zero-shot"].tuned and plan["Zero-shot"].tune is None
     assert models["LoRA (r=8)"].peft_config(config.tune.adapter).r == 8
@@ -106,6 +107,7 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
             assert -1 <= dependence["spearman_with_gate_crm"] <= 1 and dependence["gate_crm"] == "SIM"
             shuffled = folder.artifact("score", dependence["shuffled_rc_key"])
             assert shuffled.manifest["inputs"]["shuffled_rc_seed"] == config.eval.test_seed
+            assert shuffled.inputs_as(LlmScoreInputs).shuffled_rc_seed == config.eval.test_seed
     # Predictions: one row per scored test sample, the same samples for every model, labels from the dataset.
     eval_ids = np.asarray(json.loads((out / "eval_samples.json").read_text())["sample_ids"])
     data_dir = folder.artifact("data", plan_run(config).data.key).path

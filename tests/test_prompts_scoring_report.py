@@ -13,7 +13,7 @@ from reclora_pipeline.data import SPECS
 from reclora_pipeline.data.raw import DatasetSpec
 from reclora_pipeline import plots
 from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison, plot_sample_efficiency
-from reclora_pipeline.scoring import left_pad, score_yes_probability
+from reclora_pipeline.scoring import AnswerTokens, left_pad, score_yes_probability
 from reclora_pipeline.stages.report import add_statistics, markdown, write_predictions
 from reclora_pipeline.stages.score import checked_scores
 from reclora_pipeline.views import PromptFormatter, TextRecord, build_prompt
@@ -122,6 +122,7 @@ def test_formatter_answer_tokens_come_from_the_tokenizer(smollm2_dir):
     tokenizer = load_tokenizer(str(smollm2_dir))
     plain = PromptFormatter(tokenizer, "plain")
     assert (plain.yes_id, plain.no_id) == (9230, 2838)  # ' Yes' / ' No' in SmolLM2's vocabulary
+    assert AnswerTokens.from_formatter(plain) == AnswerTokens(yes=9230, no=2838)
     assert plain.format("Q").endswith("\nAnswer:")
     chat = PromptFormatter(tokenizer, "chat")
     assert (chat.yes_id, chat.no_id) == (10539, 5230)
@@ -141,7 +142,7 @@ def test_scoring_matches_single_prompt_softmax_and_keeps_order():
     model = make_tiny_llama()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, TINY_VOCAB, (n,), generator=g).tolist() for n in (5, 9, 3, 7, 6)]
-    scores = score_yes_probability(model, prompts, yes_id=5, no_id=6, pad_id=0, batch_size=2, progress=False)
+    scores = score_yes_probability(model, prompts, AnswerTokens(yes=5, no=6), pad_id=0, batch_size=2, progress=False)
     for prompt, score in zip(prompts, scores):
         logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
         expected = torch.softmax(torch.stack([logits[6], logits[5]]), 0)[1].item()
@@ -154,7 +155,8 @@ def test_scoring_matches_single_prompt_softmax_and_keeps_order():
 def test_scoring_refuses_batch_sizes_below_one(batch_size):
     model = make_tiny_llama()
     with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size!r}"):
-        score_yes_probability(model, [[1, 2, 3]], yes_id=5, no_id=6, pad_id=0, batch_size=batch_size, progress=False)
+        score_yes_probability(model, [[1, 2, 3]], AnswerTokens(yes=5, no=6), pad_id=0, batch_size=batch_size,
+                              progress=False)
 
 
 def test_metrics():

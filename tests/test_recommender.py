@@ -21,6 +21,7 @@ from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
 from reclora_pipeline.retriever import RetrievalResult
 from reclora_pipeline.serving import RecLoraRecommender, RecommenderRecord, Request
+from reclora_pipeline.stages.tune import TuneInputs
 from reclora_pipeline.views import FieldVocabulary, SampleView, ctr_features, text_records
 from support.pipeline_runs import fast_config
 
@@ -213,11 +214,11 @@ def test_a_gate_crm_with_recent_histories_rescores_like_the_run(tiny_run, tmp_pa
 def test_the_gate_reads_the_crm(tiny_run, recommender, other_run):
     """The trained gate mixes the meta-LoRAs differently per request, and the R_c of another CRM (the other run's)
     moves the scores far beyond the tolerance of the equality tests: a wrong CRM cannot go unnoticed."""
-    from reclora_pipeline.crm import CrmEmbeddingTable, load_crm
+    from reclora_pipeline.crm import RcTable, load_crm
 
     scores = recommender.score(tiny_run.requests)
     features = ctr_features(recommender.view(tiny_run.requests), recommender.vocabulary)
-    rc = CrmEmbeddingTable.from_model(recommender.crm, features, progress=False).get(features.sample_id)
+    rc = RcTable.from_model(recommender.crm, features, progress=False).get(features.sample_id)
     with torch.no_grad():
         alpha = recommender.model.base_model.compute_gate(rc).numpy()
     assert alpha.shape == (24, 4) and alpha.std(axis=0).max() > 5e-4
@@ -415,7 +416,8 @@ def test_the_record_names_the_artifacts_it_was_built_from(saved_folder, tiny_run
         json.loads((tune.path / "adapter" / "adapter_config.json").read_text())) == adapter_config_digest(
         json.loads((saved_folder / "adapter_config.json").read_text()))
     assert lineage["base_model_identity"] == base_model_identity(tiny_run.base_model) == \
-        tune.manifest["inputs"]["llm"]["identity"]  # the content trained on, not the Hub id the card names
+        tune.manifest["inputs"]["llm"]["identity"] == tune.inputs_as(TuneInputs).llm.identity  # the content trained
+    # on, not the Hub id the card names
     assert lineage["vocabulary_sha256"] == vocabulary_digest(FieldVocabulary.from_dataset(tiny_run.dataset))
     assert lineage["catalog_sha256"] == catalog_digest(tiny_run.dataset.users, tiny_run.dataset.items)
     assert lineage["item_vectors_sha256"] == vectors_digest(tiny_run.retrieval("semantic").item_vectors)
@@ -590,6 +592,21 @@ def test_answer_tokens_of_another_tokenizer_are_refused(saved_folder, tiny_run, 
     recommender = RecLoraRecommender.from_pretrained(folder, base_model=tiny_run.base_model, device="cpu")
     with pytest.raises(ValueError, match="prompt answer tokens: .* adapter was trained with 1/"):
         recommender.score(tiny_run.requests[:1])
+
+
+def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, tiny_run, tmp_path, monkeypatch):
+    import reclora_pipeline.serving.recommender
+
+    folder = Path(shutil.copytree(saved_folder, tmp_path / "copy"))
+    recommender = RecLoraRecommender.from_pretrained(folder, base_model=tiny_run.base_model, device="cpu")
+    (folder / "adapter_model.safetensors").unlink()  # gone after the checks of loading, before the first score
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the base LLM was loaded before the adapter folder was checked")
+
+    monkeypatch.setattr(reclora_pipeline.serving.recommender, "load_base_model", no_llm)
+    with pytest.raises(FileNotFoundError, match=f"{folder} has no weights file .adapter_model.safetensors or "):
+        recommender.load_model()
 
 
 # -- parts of another run ----------------------------------------------------------------------------------------------

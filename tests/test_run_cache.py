@@ -205,7 +205,7 @@ def test_a_base_model_change_reaches_the_semantic_retrieval_and_everything_it_fe
     config = runs.config(tmp_path / "run")
     other = runs.config(tmp_path / "run", {"llm.base_model": OTHER_MODEL})
     before, after = plan_run(config), plan_run(other)
-    assert after.retrievals["semantic"].inputs["encoder"]["base_model"] == runs.stand_ins[OTHER_MODEL]
+    assert after.retrievals["semantic"].inputs.encoder.base_model == runs.stand_ins[OTHER_MODEL]
     assert changed_nodes(before, after) == SEMANTIC_AND_DOWNSTREAM
     tune, rc, crm = after.llm_models[1].tune, after.rcs["sim", "semantic"], after.crms["sim", "semantic"]
     assert [node.key for node in tune.upstream if node.stage == "rc"] == [rc.key]

@@ -2,10 +2,13 @@
 it and of those downstream, and nothing upstream (computed from the plan: nothing runs)."""
 
 import dataclasses
+import json
 import shutil
 import typing
+from pathlib import Path
 
 import pytest
+import torch
 
 from reclora_pipeline.config import RESERVED_ADAPTER_KEYS, RunConfig, leaves
 from reclora_pipeline.data import embedded_ml100k_dir
@@ -233,9 +236,54 @@ def test_the_base_model_is_known_by_its_content(base, tmp_path):
         tmp_path / "other", b"weights two")})))
     assert changed and not added and not removed and changed == elsewhere
     assert {stage for stage, _ in changed} == {"retrieval", "crm", "rc", "tune", "score"}
-    assert all(node.inputs["llm"]["identity"] == base_model_identity(str(folder))
+    assert all(node.inputs.llm.identity == base_model_identity(str(folder))
                for node in after.nodes().values() if node.stage == "tune")
     (folder / "model.safetensors").touch()  # a new mtime, the same bytes: hashed again, the same identity
     assert not any(compare(after, plan_run(config)))
     with pytest.raises(UnknownBaseModel, match="llm.base_model: .*not a folder"):
         base_model_identity(str(tmp_path / "missing" / "llm"))
+
+
+# The stage keys four configs had when the stage inputs were string-keyed dicts (tests/data/stage_keys.json): a
+# change to how inputs are declared, built or serialized must leave every one of them as it was.
+STORED_KEYS = Path(__file__).parent / "data" / "stage_keys.json"
+# What the data stage stamped of the embedded ml-100k files when those keys were planned (name, size, mtime_ns): a
+# fresh install of the files has other modification times, which change the data key and every key downstream.
+STORED_SOURCE_FILES = [["ml-100k.inter", 1979230, 1796645953588662051], ["ml-100k.item", 66632, 1796645953592313250],
+                       ["ml-100k.kg", 3515608, 1796645953596662052], ["ml-100k.link", 21507, 1796645953602048635],
+                       ["ml-100k.user", 22697, 1796645953602236334]]
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(STORED_KEYS.read_text())))
+def test_stage_keys_are_the_stored_ones(name, monkeypatch):
+    """Every node of the plan of a stored config has the key stored for it (planned on a CPU machine)."""
+    from reclora_pipeline.stages import data as data_stage
+
+    stored = json.loads(STORED_KEYS.read_text())[name]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stamp = data_stage.source_stamp
+    monkeypatch.setattr(data_stage, "source_stamp", lambda data: STORED_SOURCE_FILES if data.source is None and
+                        [entry[:2] for entry in stamp(data)] == [entry[:2] for entry in STORED_SOURCE_FILES]
+                        else stamp(data))
+    planned = {f"{stage}/{label}": node.key
+               for (stage, label), node in plan_run(RunConfig.from_dict(stored["config"])).nodes().items()}
+    assert planned == stored["keys"]
+
+
+def test_stage_inputs_read_back_typed_from_their_dict(base):
+    """What a manifest records of a node's inputs (their JSON form) reads back as the same typed inputs."""
+    from reclora_pipeline.artifacts import Artifact
+
+    plan = plan_run(base.override({"eval.shuffled_gate": True, "tune.gate_learning_rate": 1e-4}))
+    kinds = set()
+    for node in plan.nodes().values():
+        recorded = json.loads(json.dumps(node.inputs.to_dict()))
+        again = Artifact(Path("unused"), {"inputs": recorded}).inputs_as(type(node.inputs))
+        assert again == node.inputs and again.to_dict() == recorded, node
+        kinds.add(type(node.inputs).__name__)
+    assert kinds == {"DataInputs", "RetrievalInputs", "CrmInputs", "RcInputs", "TuneInputs", "CrmScoreInputs",
+                     "LlmScoreInputs"}
+    tunes = {model.name: model.tune.inputs for model in plan.llm_models if model.tune is not None}
+    assert tunes["RecLoRA"].gate_learning_rate == 1e-4 and "gate_learning_rate" not in tunes["LoRA (r=8)"].to_dict()
+    assert tunes["RecLoRA"].adapter_training.gate_learning_rate == 1e-4
+    assert "encoder" not in plan.retrievals["recent"].inputs.to_dict()

@@ -9,7 +9,8 @@ import torch
 from reclora_pipeline.config import RunConfig
 from reclora_pipeline.crm import CrmTrainingConfig, train_crm
 from reclora_pipeline.methods import RecLora
-from reclora_pipeline.trainer import AnswerTokenDataset, build_peft_model, train_adapter
+from reclora_pipeline.stages import Runtime
+from reclora_pipeline.trainer import AdapterTraining, AnswerTokenDataset, build_peft_model, train_adapter
 from reclora_pipeline.tracking import Trackers, tracker_names
 from reclora_pipeline.validation import validate
 from support.synthetic_features import make_synthetic_splits
@@ -50,9 +51,10 @@ def test_llm_tuning_reports_to_the_same_tracker(tmp_path):
     dataset = AnswerTokenDataset(list(range(16)), [torch.randint(7, TINY_VOCAB, (6,), generator=g).tolist()
                                                     for _ in range(16)], [5, 6] * 8, torch.randn(16, 6, generator=g))
     model = build_peft_model(make_tiny_llama(), RecLora().peft_config({"r": 2, "num_meta_loras": 2}, crm_dim=6))
-    train_adapter(model, dataset, {"num_train_epochs": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-                  tmp_path / "tune", pad_id=0, progress=False, report_to=["tensorboard"], run_name="RecLoRA",
-                  logging_dir=tmp_path / "tracking")
+    train_adapter(model, dataset, AdapterTraining({"num_train_epochs": 2, "per_device_train_batch_size": 4,
+                                                   "logging_steps": 1}),
+                  tmp_path / "tune", pad_id=0, run_name="RecLoRA",
+                  runtime=Runtime(progress=False, report_to=("tensorboard",), tracking_dir=tmp_path / "tracking"))
     logged = scalars(tmp_path / "tracking" / "RecLoRA")
     assert len(logged["train/loss"]) == 8  # 16 samples / 4 per step, 2 epochs, every step logged
 

@@ -1,6 +1,8 @@
 """Stage-2 tuning: answer-token loss, only adapter parameters train, exact resume from a checkpoint; the PEFT config
 comes from the method and tune.adapter, the TrainingArguments from tune.training, both as given."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,9 +10,13 @@ import torch
 from reclora_pipeline.config import RunConfig
 from reclora_pipeline.methods import Lora, RecLora
 from reclora_pipeline.sampling import load_index_file, save_index_file, seeded_sample
+from reclora_pipeline.scoring import AnswerTokens
+from reclora_pipeline.stages import Runtime
 from reclora_pipeline.trainer import (
+    AdapterTraining,
     AnswerTokenDataset,
     LeftPadCollator,
+    adapter_weights_file,
     build_peft_model,
     train_adapter,
     training_arguments,
@@ -20,6 +26,8 @@ from reclora_pipeline.trainer import (
 from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
 ADAPTER = dict(r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8)
+QUIET = Runtime(progress=False)
+ANSWERS = AnswerTokens(yes=5, no=6)
 
 
 def _dataset(n=12, with_crm=True, seed=0):
@@ -31,11 +39,11 @@ def _dataset(n=12, with_crm=True, seed=0):
     return AnswerTokenDataset(list(range(100, 100 + n)), token_ids, answers, crm)
 
 
-def _training(**overrides):
+def _training(loss="vocab", gate_learning_rate=None, **overrides):
     values = dict(num_train_epochs=2, per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=1, seed=3,
                   data_seed=3)
     values.update(overrides)
-    return values
+    return AdapterTraining(values, loss=loss, gate_learning_rate=gate_learning_rate)
 
 
 def _peft_config(method="reclora"):
@@ -55,7 +63,7 @@ def test_training_lowers_the_answer_loss_and_only_adapters_change(tmp_path, meth
     dataset = _dataset(with_crm=method == "reclora")
     model = build_peft_model(make_tiny_llama(), _peft_config(method))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    summary = train_adapter(model, dataset, _training(num_train_epochs=6), tmp_path, pad_id=0, progress=False)
+    summary = train_adapter(model, dataset, _training(num_train_epochs=6), tmp_path, pad_id=0, runtime=QUIET)
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert all(torch.equal(frozen[n], p) for n, p in model.named_parameters() if n in frozen)
@@ -65,13 +73,13 @@ def test_training_lowers_the_answer_loss_and_only_adapters_change(tmp_path, meth
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
     dataset = _dataset(n=16)
     straight = build_peft_model(make_tiny_llama(), _peft_config())
-    train_adapter(straight, dataset, _training(save_steps=4), tmp_path / "straight", pad_id=0, progress=False)
+    train_adapter(straight, dataset, _training(save_steps=4), tmp_path / "straight", pad_id=0, runtime=QUIET)
 
     resumed = build_peft_model(make_tiny_llama(), _peft_config())
     checkpoint = tmp_path / "straight" / "checkpoints" / "checkpoint-4"
     assert checkpoint.is_dir()
-    train_adapter(resumed, dataset, _training(save_steps=4), tmp_path / "resumed", pad_id=0, progress=False,
-                  resume_from_checkpoint=str(checkpoint))
+    train_adapter(resumed, dataset, _training(save_steps=4), tmp_path / "resumed", pad_id=0, runtime=QUIET,
+                  resume_from_checkpoint=checkpoint)
     want = {n: p for n, p in straight.named_parameters() if "reclora_" in n}
     got = {n: p for n, p in resumed.named_parameters() if "reclora_" in n}
     assert want.keys() == got.keys()
@@ -107,7 +115,7 @@ def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
     dataset = _dataset(n=8)
     model = build_peft_model(make_tiny_llama(), _peft_config())
     batch = LeftPadCollator(pad_id=0)([dataset[i] for i in range(8)])
-    trainer = _answer_token_trainer_class()(model=model, args=args, answer_pair=(6, 5))
+    trainer = _answer_token_trainer_class()(model=model, args=args, answers=ANSWERS)
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -117,12 +125,12 @@ def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
     vocab = _answer_token_trainer_class()(model=model, args=args).compute_loss(model, batch)
     assert vocab.item() > loss.item()  # the whole vocabulary competes with the answer token
 
-    with pytest.raises(ValueError, match="answer_pair"):
-        train_adapter(model, dataset, _training(), tmp_path, pad_id=0, loss="yes_no", progress=False)
+    with pytest.raises(ValueError, match="answers"):
+        train_adapter(model, dataset, _training(loss="yes_no"), tmp_path, pad_id=0, runtime=QUIET)
     with pytest.raises(ValueError, match="loss"):
-        train_adapter(model, dataset, _training(), tmp_path, pad_id=0, loss="hinge", progress=False)
-    summary = train_adapter(model, dataset, _training(num_train_epochs=4), tmp_path, pad_id=0, loss="yes_no",
-                            progress=False, answer_pair=(6, 5))
+        train_adapter(model, dataset, _training(loss="hinge"), tmp_path, pad_id=0, runtime=QUIET)
+    summary = train_adapter(model, dataset, _training(loss="yes_no", num_train_epochs=4), tmp_path, pad_id=0,
+                            runtime=QUIET, answers=ANSWERS)
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert losses[-1] < losses[0] and losses[0] < 1.5  # two classes: starts near log 2, not near log |vocab|
 
@@ -147,7 +155,7 @@ def test_peft_configs_take_tune_adapter_as_given():
     assert (same.r, same.lora_alpha) == (32, 256)  # rank N_m * r, and the same scaling lora_alpha / r as RecLoRA
     assert Lora().peft_config({}).lora_alpha == LoraConfig().lora_alpha  # nothing re-defaulted on the way
     config = RunConfig().override({"tune.adapter.r": 4, "tune.adapter.num_meta_loras": 2})
-    assert LoraSameParams().name(config) == "LoRA (r=8)" and Lora().name(config) == "LoRA (r=4)"
+    assert LoraSameParams().label(config) == "LoRA (r=8)" and Lora().label(config) == "LoRA (r=4)"
 
 
 def test_training_arguments_come_from_tune_training(tmp_path):
@@ -175,8 +183,8 @@ def test_gate_learning_rate_gives_the_gate_its_own_group(tmp_path):
 
     model = build_peft_model(make_tiny_llama(), _peft_config())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    train_adapter(model, _dataset(n=8), _training(num_train_epochs=1, learning_rate=5e-3), tmp_path / "a", pad_id=0,
-                  progress=False, gate_learning_rate=0.0)
+    train_adapter(model, _dataset(n=8), _training(gate_learning_rate=0.0, num_train_epochs=1, learning_rate=5e-3),
+                  tmp_path / "a", pad_id=0, runtime=QUIET)
     after = {n: p.detach() for n, p in model.named_parameters() if n in before}
     gate = [n for n in before if GATE_PARAMETER in n]
     banks = [n for n in before if "reclora_B" in n]
@@ -184,4 +192,37 @@ def test_gate_learning_rate_gives_the_gate_its_own_group(tmp_path):
     assert banks and all(not torch.equal(before[n], after[n]) for n in banks)
     with pytest.raises(ValueError, match="no RecLoRA gate"):
         train_adapter(build_peft_model(make_tiny_llama(), _peft_config("lora")), _dataset(n=8, with_crm=False),
-                      _training(), tmp_path / "b", pad_id=0, progress=False, gate_learning_rate=1e-3)
+                      _training(gate_learning_rate=1e-3), tmp_path / "b", pad_id=0, runtime=QUIET)
+
+
+def test_a_saved_adapter_without_weights_is_named_before_loading(tmp_path):
+    """The pipeline checks an adapter folder before it loads the base LLM: an error names the folder and the file."""
+    model = build_peft_model(make_tiny_llama(), _peft_config())
+    train_adapter(model, _dataset(n=8), _training(num_train_epochs=1), tmp_path, pad_id=0, runtime=QUIET)
+    adapter = tmp_path / "adapter"
+    assert adapter_weights_file(adapter) == adapter / "adapter_model.safetensors"
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    assert adapter_weights_file(adapter) == adapter / "adapter_model.bin"  # PyTorch's format, as PEFT reads it
+    (adapter / "adapter_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{adapter} has no weights file (adapter_model.safetensors or adapter_model.bin)")):
+        adapter_weights_file(adapter)
+
+
+def test_scoring_checks_the_adapter_folder_before_loading_the_llm(tmp_path, monkeypatch):
+    from reclora_pipeline.artifacts import RunFolder
+    from reclora_pipeline.plan import plan_run
+    from reclora_pipeline.stages import score as score_stage
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the base LLM was loaded before the adapter folder was checked")
+
+    monkeypatch.setattr(score_stage, "load_tokenizer", no_llm)
+    monkeypatch.setattr(score_stage, "load_base_model", no_llm)
+    node = plan_run(RunConfig.from_preset("demo", {"out": str(tmp_path / "run")})).llm_models[1].score
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{adapter} has no weights file")):
+        score_stage.score_llm(RunFolder(tmp_path / "run", log=lambda message: None), node, None, None, adapter, None,
+                              Runtime(progress=False))

@@ -1,10 +1,10 @@
 """The run folder and its one reuse mechanism: every stage's output is stored under the key of what it was built from.
 
-A stage is a :class:`StageNode`: its name, a label for people, the slice of the config it reads (``inputs``), the
-nodes whose artifacts it reads (``upstream``) and its schema version. Its key is the sha256 of all of that (the
-upstream nodes by their keys), so a changed setting changes the key of the stages that read it and of everything
-downstream, and nothing else. :func:`cached` returns the artifact of a key, building it first when the folder has
-none:
+A stage is a :class:`StageNode`: its name, a label for people, the slice of the config it reads (``inputs``, the
+stage's :class:`StageInputs` dataclass), the nodes whose artifacts it reads (``upstream``) and its schema version. Its
+key is the sha256 of all of that (the upstream nodes by their keys, the inputs by their dict form), so a changed
+setting changes the key of the stages that read it and of everything downstream, and nothing else. :func:`cached`
+returns the artifact of a key, building it first when the folder has none:
 
     OUT/stages/<stage>/<label>-<key[:16]>/            a finished artifact: its files and stage.json (the manifest)
     OUT/stages/<stage>/.building-<label>-<key[:16]>/  an artifact being built (or left by a killed run)
@@ -32,11 +32,12 @@ import shutil
 import socket
 import tempfile
 import time
+import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from .config_tree import canonical
 
@@ -64,19 +65,73 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(canonical(value), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def omitted_when_none(**metadata):
+    """A :class:`StageInputs` field left out of the inputs' dict while it is None (a setting only some nodes of a
+    stage read: their keys stay those of the nodes that never had it)."""
+    return field(default=None, metadata={**metadata, "omit_none": True})
+
+
+Inputs = TypeVar("Inputs", bound="StageInputs")
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Base of the dataclass each stage declares of what it reads. Its dict form (:meth:`to_dict`) is what the key
+    hashes and the manifest records: one entry per field, by the field's name, config sections as their dicts,
+    nested inputs as theirs, a field made with :func:`omitted_when_none` left out while None, and a field with a
+    ``to_dict`` function in its metadata as that function writes it (a retrieval's settings: those its mode reads).
+    :meth:`from_dict` reads the dict back typed."""
+
+    def to_dict(self) -> dict:
+        data = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.metadata.get("omit_none"):
+                continue
+            if value is not None and "to_dict" in item.metadata:
+                value = item.metadata["to_dict"](value)
+            data[item.name] = value.to_dict() if isinstance(value, StageInputs) else canonical(value)
+        return data
+
+    @classmethod
+    def from_dict(cls: type[Inputs], data: dict) -> Inputs:
+        """The inputs a manifest recorded: dataclass fields (config sections, nested inputs) rebuilt from their
+        dicts, lists as tuples where the field is a tuple."""
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for item in fields(cls):
+            if not item.init or item.name not in data:
+                continue
+            values[item.name] = _typed(data[item.name], hints[item.name])
+        return cls(**values)
+
+
+def _typed(value, hint):
+    if value is None:
+        return None
+    options = [option for option in typing.get_args(hint) if option is not type(None)]
+    if typing.get_origin(hint) is Union and len(options) == 1:
+        hint = options[0]
+    if isinstance(hint, type) and is_dataclass(hint):
+        return hint.from_dict(value) if issubclass(hint, StageInputs) else hint(**value)
+    if (hint is tuple or typing.get_origin(hint) is tuple) and isinstance(value, list):
+        return tuple(tuple(item) if isinstance(item, list) else item for item in value)
+    return value
+
+
 @dataclass(frozen=True)
 class StageNode:
     """One stage of a run before it runs: what it reads, and therefore its key."""
 
     stage: str
     label: str
-    inputs: Mapping[str, Any]
+    inputs: StageInputs
     upstream: tuple = ()
     version: int = 1
 
     @cached_property
     def key(self) -> str:
-        return digest({"stage": self.stage, "version": self.version, "inputs": self.inputs,
+        return digest({"stage": self.stage, "version": self.version, "inputs": self.inputs.to_dict(),
                        "upstream": sorted([node.stage, node.key] for node in self.upstream)})
 
     def __repr__(self) -> str:
@@ -97,6 +152,10 @@ class Artifact:
     @property
     def summary(self) -> dict:
         return self.manifest.get("summary", {})
+
+    def inputs_as(self, inputs_class: type[Inputs]) -> Inputs:
+        """The inputs the artifact was built from, typed: ``tune.inputs_as(TuneInputs).llm.dtype``."""
+        return inputs_class.from_dict(self.manifest["inputs"])
 
     @property
     def upstream(self) -> dict:
@@ -451,7 +510,7 @@ def _build(folder: RunFolder, node: StageNode, build, keep, damaged: Optional[di
         summary = build(staging) or {}
         seconds = time.perf_counter() - started
         manifest = {"stage": node.stage, "label": node.label, "key": node.key, "schema_version": node.version,
-                    "inputs": canonical(node.inputs), "upstream": sorted([n.stage, n.key] for n in node.upstream),
+                    "inputs": node.inputs.to_dict(), "upstream": sorted([n.stage, n.key] for n in node.upstream),
                     "files": _files(staging), "summary": canonical(summary), "seconds": seconds,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomically(staging / MANIFEST_NAME, manifest)

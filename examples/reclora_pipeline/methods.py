@@ -1,17 +1,19 @@
 """The LLM-based models of a comparison, one class each: how it is tuned (its PEFT config, or none), whether it reads
-``crm_embeds``, which histories feed its prompt and its gate, and its display name.
+``crm_embeds``, which histories feed its prompt and its gate, and its label (``label(config)``: its row in the results
+table and the label of its stages; the registry key of a method is its ``choice``).
 
 ``tune.adapter`` holds keyword arguments of ``RecLoraConfig`` and ``LoraConfig``; a method passes on the keys its
 config class takes, unchanged. Adding a method is one subclass of :class:`Method` with a ``choice`` (its name in
 ``--models``); several classes may share a choice (``ablations``).
 
     for model in models_of(config):
-        model.name(config), model.peft_config(config.tune.adapter, crm_dim=64), model.needs_crm
+        model.label(config), model.peft_config(config.tune.adapter, crm_dim=64), model.needs_crm
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
@@ -53,8 +55,6 @@ def adapter_key_problem(key: str) -> Optional[str]:
     """Why ``key`` cannot be a ``tune.adapter`` key, or None when RecLoraConfig or LoraConfig takes it."""
     if key in _fields(_reclora_config_class()) or key in _fields(_lora_config_class()):
         return None
-    import difflib
-
     known = sorted(set(_fields(_reclora_config_class())) | set(_fields(_lora_config_class())))
     close = difflib.get_close_matches(key, known, n=3)
     return ("neither RecLoraConfig nor LoraConfig has this field"
@@ -81,7 +81,8 @@ class Method:
     adapter: Mapping[str, Any] = field(default_factory=dict)  # tune.adapter keys this model changes
     study: str = "main"  # "main", "ablation", "num_meta_loras" or "few_shot"
 
-    def name(self, config: "RunConfig") -> str:
+    def label(self, config: "RunConfig") -> str:
+        """The model's name for people: its row in the results table and its stages' label ("LoRA (r=8)")."""
         raise NotImplementedError
 
     def peft_config(self, adapter: Mapping[str, Any], crm_dim: Optional[int] = None):
@@ -121,7 +122,7 @@ class ZeroShot(Method):
     choice: ClassVar[str] = "zero-shot"
     tuned: ClassVar[bool] = False
 
-    def name(self, config):
+    def label(self, config):
         return "Zero-shot"
 
     def peft_config(self, adapter, crm_dim=None):
@@ -135,7 +136,7 @@ class Lora(Method):
 
     choice: ClassVar[str] = "lora"
 
-    def name(self, config):
+    def label(self, config):
         return f"LoRA{self._suffix(config, f'r={self.lora_rank(config)}')}"
 
     def lora_rank(self, config) -> int:
@@ -174,7 +175,7 @@ class RecLora(Method):
     choice: ClassVar[str] = "reclora"
     needs_crm: ClassVar[bool] = True
 
-    def name(self, config):
+    def label(self, config):
         parts = [f"N_m={self.adapter['num_meta_loras']}"] if "num_meta_loras" in self.adapter else []
         return f"{REFERENCE_NAME}{self._suffix(config, *parts)}"
 
@@ -193,7 +194,7 @@ class RecLoraWithoutLongRetriever(RecLora):
     choice: ClassVar[str] = "ablations"
     long_history: ClassVar[Optional[str]] = "recent"
 
-    def name(self, config):
+    def label(self, config):
         return "RecLoRA w/o long retriever"
 
 
@@ -205,7 +206,7 @@ class RecLoraWithoutShortRetriever(RecLora):
     choice: ClassVar[str] = "ablations"
     short_history: ClassVar[Optional[str]] = "recent"
 
-    def name(self, config):
+    def label(self, config):
         return "RecLoRA w/o short retriever"
 
 
@@ -218,7 +219,7 @@ class RecLoraWithoutRetrievers(RecLora):
     short_history: ClassVar[Optional[str]] = "recent"
     long_history: ClassVar[Optional[str]] = "recent"
 
-    def name(self, config):
+    def label(self, config):
         return "RecLoRA w/o both retrievers"
 
 
@@ -239,7 +240,7 @@ def models_of(config: "RunConfig") -> list[Method]:
     for size in config.study.sweep_few_shot:
         if size != config.tune.few_shot:
             models += [RecLora(few_shot=size, study="few_shot"), Lora(few_shot=size, study="few_shot")]
-    names = [model.name(config) for model in models]
+    names = [model.label(config) for model in models]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ValueError(f"models: {', '.join(duplicated)} would be tuned twice; list each model once")

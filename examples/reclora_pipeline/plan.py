@@ -20,12 +20,13 @@ from .stages import crm as crm_stage
 from .stages import data as data_stage
 from .stages import retrieval as retrieval_stage
 from .stages import score as score_stage
+from .stages import LlmInputs
 from .stages import tune as tune_stage
 
 
 @dataclass(frozen=True)
-class CrmModel:
-    """A CRM of the comparison (the gate CRM and each baseline), scored with its own history."""
+class CrmEntry:
+    """A CRM of the comparison (the gate CRM and each baseline), scored with its own history: a row of the table."""
 
     name: str  # registry name
     display_name: str
@@ -35,11 +36,12 @@ class CrmModel:
 
 
 @dataclass(frozen=True)
-class LlmModel:
-    """An LLM model of the comparison: its method, the histories of its prompt and gate, and its stages."""
+class LlmEntry:
+    """An LLM model of the comparison, a row of the table: its method, the histories of its prompt and gate, and its
+    stages."""
 
     method: Method
-    name: str
+    name: str  # its label (``Method.label``): the row's name and its stages' label
     short_history: str
     long_history: Optional[str]  # the gate CRM's history (methods that read R_c)
     gate_crm: Optional[tuple]  # (CRM name, history mode) of the R_c it reads: a key of ``RunPlan.rcs``
@@ -56,8 +58,8 @@ class RunPlan:
     retrievals: dict = field(default_factory=dict)  # history mode -> node
     crms: dict = field(default_factory=dict)  # (CRM name, history mode) -> node
     rcs: dict = field(default_factory=dict)  # (CRM name, history mode) -> node
-    crm_models: list = field(default_factory=list)
-    llm_models: list = field(default_factory=list)
+    crm_models: list = field(default_factory=list)  # CrmEntry
+    llm_models: list = field(default_factory=list)  # LlmEntry
 
     def nodes(self) -> dict:
         """Every node by ``(stage, label)``."""
@@ -88,11 +90,11 @@ def plan_run(config: RunConfig) -> RunPlan:
         trained = crm(name, mode)
         score = score_stage.crm_node(crm_class(name).display_name, config.eval, config.crm.training.eval_batch_size,
                                      plan.data, retrieval(mode), trained)
-        plan.crm_models.append(CrmModel(name, crm_class(name).display_name, mode, trained, score))
+        plan.crm_models.append(CrmEntry(name, crm_class(name).display_name, mode, trained, score))
 
-    llm = tune_stage.llm_inputs(config)
+    llm = LlmInputs.of(config.llm)
     for method in models_of(config):
-        name, short = method.name(config), method.short_mode(config)
+        name, short = method.label(config), method.short_mode(config)
         long = rc = gate = None
         if method.needs_crm:
             gate = (config.crm.name, crm_stage.history_mode(config.crm.name, method.long_mode(config)))
@@ -108,5 +110,5 @@ def plan_run(config: RunConfig) -> RunPlan:
             shuffled = score_stage.llm_node(f"{name} (shuffled R_c)", type(method).__name__, config.eval, llm,
                                             config.prompt, plan.data, retrieval(short), tune, rc,
                                             shuffled_rc_seed=config.eval.test_seed)
-        plan.llm_models.append(LlmModel(method, name, short, long, gate, tune, rc, score, shuffled))
+        plan.llm_models.append(LlmEntry(method, name, short, long, gate, tune, rc, score, shuffled))
     return plan

@@ -2,17 +2,45 @@
 
 Prompts (``views.prompt_token_ids``) are sorted by length so that each batch carries little padding, left-padded so that the answer
 position is the last column, and run with ``logits_to_keep=1`` (the LM head is a large share of a small model's cost).
-Scores come back in the input order.
+Scores come back in the input order. The Yes/No token ids travel as one :class:`AnswerTokens`, which also owns the
+order of the two logits that scoring and the ``yes_no`` training loss read.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .views import PromptFormatter
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    """The token ids of the prompt's two answers, as the tokenizer of the base LLM spells them in the prompt style."""
+
+    yes: int
+    no: int
+
+    @classmethod
+    def from_formatter(cls, formatter: "PromptFormatter") -> "AnswerTokens":
+        """The answers of a prompt formatter (its tokenizer and prompt style decide the ids)."""
+        return cls(yes=int(formatter.yes_id), no=int(formatter.no_id))
+
+    def pair_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(n, 2) logits of No then Yes out of (n, vocab): softmax column 1 is P(Yes), class 1 is Yes."""
+        return logits[:, [self.no, self.yes]]
+
+    def yes_labels(self, answer_ids: torch.Tensor) -> torch.Tensor:
+        """1 where ``answer_ids`` is Yes, 0 where No; an id that is neither raises an error."""
+        if not bool(((answer_ids == self.yes) | (answer_ids == self.no)).all()):
+            raise ValueError(f"the yes_no loss needs answer ids {self.yes} (Yes) or {self.no} (No)")
+        return (answer_ids == self.yes).long()
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,8 +58,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 def score_yes_probability(
     model,
     token_ids: Sequence[Sequence[int]],
-    yes_id: int,
-    no_id: int,
+    answers: AnswerTokens,
     pad_id: int,
     crm_embeds: Optional[torch.Tensor] = None,
     batch_size: int = 8,
@@ -55,8 +82,7 @@ def score_yes_probability(
             kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "logits_to_keep": 1}
             if crm_embeds is not None:
                 kwargs["crm_embeds"] = crm_embeds[torch.as_tensor(rows)].to(device)
-            logits = model(**kwargs).logits[:, -1]
-            pair = torch.stack([logits[:, no_id], logits[:, yes_id]], dim=-1).float()
+            pair = answers.pair_logits(model(**kwargs).logits[:, -1]).float()
             scores[rows] = torch.softmax(pair, dim=-1)[:, 1].cpu().numpy()
     finally:
         model.train(was_training)

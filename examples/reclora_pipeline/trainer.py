@@ -15,16 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
+import math
 import os
 import shutil
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
+from peft import get_peft_model
+from safetensors import safe_open
 from torch.utils.data import Dataset
+from transformers import set_seed
 
-from .config import RESERVED_TRAINING_KEYS
+from .config import RESERVED_TRAINING_KEYS, SEED_RANGE
+from .scoring import AnswerTokens, left_pad
+from .stages import Runtime
 from .tracking import tracker_names
 
 logger = logging.getLogger(__name__)
@@ -37,6 +48,35 @@ GATE_PARAMETER = "reclora_gate"  # in the names of RecLoRA's gate parameters
 # (kept there as deprecated aliases), so that --gradient-checkpointing works on every supported transformers.
 OLDER_TRAINING_NAMES = {"activation_checkpointing": "gradient_checkpointing",
                         "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+ADAPTER_DIR = "adapter"  # where train_adapter saves the final adapter, under its output folder
+# The weights file of a saved PEFT adapter: safetensors (what PEFT writes by default), or PyTorch's pickle format.
+ADAPTER_WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass(frozen=True)
+class AdapterTraining:
+    """How an adapter trains, as ``tune`` sets it: ``arguments`` are ``tune.training`` (TrainingArguments keywords,
+    passed on as they are), ``loss`` is one of ``LOSSES``, ``gate_learning_rate`` a peak learning rate of RecLoRA's
+    gate of its own (None: the meta-LoRA banks' rate)."""
+
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    loss: str = "vocab"
+    gate_learning_rate: Optional[float] = None
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+
+def adapter_weights_file(adapter_dir: Path) -> Path:
+    """The weights file of the PEFT adapter saved in ``adapter_dir``; an error names the folder and the file it
+    lacks, before anything is loaded (PEFT's own error would name neither)."""
+    adapter_dir = Path(adapter_dir)
+    for name in ADAPTER_WEIGHTS_NAMES:
+        if (adapter_dir / name).is_file():
+            return adapter_dir / name
+    raise FileNotFoundError(f"adapter: {adapter_dir} has no weights file ({' or '.join(ADAPTER_WEIGHTS_NAMES)}); "
+                            "it is not a finished adapter folder")
 
 
 class AnswerTokenDataset(Dataset):
@@ -77,8 +117,6 @@ class LeftPadCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows):
-        from .scoring import left_pad
-
         input_ids, attention_mask = left_pad([row["input_ids"] for row in rows], self.pad_id)
         batch = {
             "input_ids": input_ids,
@@ -95,11 +133,11 @@ def _answer_token_trainer_class():
 
     class AnswerTokenTrainer(Trainer):
         """Trainer whose loss is the answer token's cross-entropy at the last position (logits of that position only),
-        over the vocabulary or, with ``answer_pair=(no_id, yes_id)``, over the two answer tokens."""
+        over the vocabulary or, with ``answers`` (:class:`AnswerTokens`), over the two answer tokens."""
 
-        def __init__(self, *args, answer_pair=None, gate_learning_rate=None, **kwargs):
+        def __init__(self, *args, answers: Optional[AnswerTokens] = None, gate_learning_rate=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.answer_pair = answer_pair
+            self.answers = answers
             self.gate_learning_rate = gate_learning_rate
 
         def create_optimizer(self, *args, **kwargs):
@@ -126,11 +164,8 @@ def _answer_token_trainer_class():
             answer_ids = inputs.pop("answer_ids")
             outputs = model(**inputs, logits_to_keep=1)
             logits = outputs.logits[:, -1].float()
-            if self.answer_pair is not None:
-                no_id, yes_id = self.answer_pair
-                if not bool(((answer_ids == yes_id) | (answer_ids == no_id)).all()):
-                    raise ValueError(f"the yes_no loss needs answer ids {yes_id} (Yes) or {no_id} (No)")
-                logits, answer_ids = logits[:, [no_id, yes_id]], (answer_ids == yes_id).long()
+            if self.answers is not None:
+                logits, answer_ids = self.answers.pair_logits(logits), self.answers.yes_labels(answer_ids)
             # Mean over the micro-batch; the Trainer divides by the accumulation steps (micro-batches are equal-sized).
             loss = torch.nn.functional.cross_entropy(logits, answer_ids)
             return (loss, outputs) if return_outputs else loss
@@ -140,10 +175,6 @@ def _answer_token_trainer_class():
 
 def build_peft_model(base_model, peft_config):
     """``get_peft_model`` with the method's config (RecLoraConfig or LoraConfig)."""
-    import warnings
-
-    from peft import get_peft_model
-
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(base_model, peft_config)
@@ -162,7 +193,7 @@ def training_arguments(training: Mapping, output_dir: Path, *, num_samples: int,
 
     use_cuda = torch.cuda.is_available()
     arguments = installed_training_keys(training)
-    batch = int(arguments.get("per_device_train_batch_size", _declared("per_device_train_batch_size")))
+    batch = int(arguments.get("per_device_train_batch_size", training_default("per_device_train_batch_size")))
     if processes > 1:
         if batch % processes:
             raise ValueError(f"tune.training.per_device_train_batch_size={batch} is the batch of one process and must "
@@ -197,7 +228,8 @@ def installed_training_keys(training: Mapping) -> dict:
             for key, value in training.items()}
 
 
-def _declared(name: str):
+def training_default(name: str):
+    """The default of a ``TrainingArguments`` field, as the installed transformers declares it."""
     from transformers import TrainingArguments
 
     item = {f.name: f for f in dataclasses.fields(TrainingArguments)}[name]
@@ -220,12 +252,6 @@ def training_value_problem(key: str, value, hint) -> Optional[str]:
     """Why ``value`` is not what the TrainingArguments field ``key`` (annotated ``hint``) takes at run time, or None:
     numbers must be numbers (a string learning rate reaches the optimizer), finite and within
     ``TRAINING_LOWER_BOUNDS``; seeds must be in ``SEED_RANGE``. Fields of other types are left to TrainingArguments."""
-    import math
-    import types
-    import typing
-
-    from .config import SEED_RANGE
-
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
     if options:
         if value is None and type(None) in options:
@@ -258,8 +284,6 @@ def training_value_problem(key: str, value, hint) -> Optional[str]:
 def training_arguments_problem(training: Mapping) -> Optional[str]:
     """Why ``tune.training`` does not make TrainingArguments a run can train with (an unknown or reserved key, a value
     of the wrong type or range, zero training steps, what TrainingArguments itself rejects), or None."""
-    import typing
-
     from transformers import TrainingArguments
 
     known = _training_fields()
@@ -274,8 +298,8 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
         problem = training_value_problem(key, value, hints[key])
         if problem:
             return f"{key}: {problem}"
-    if training.get("max_steps", _declared("max_steps")) <= 0 and training.get(
-            "num_train_epochs", _declared("num_train_epochs")) <= 0:
+    if training.get("max_steps", training_default("max_steps")) <= 0 and training.get(
+            "num_train_epochs", training_default("num_train_epochs")) <= 0:
         return "the run would train zero steps: give num_train_epochs above 0 (or max_steps of at least 1)"
     try:
         training_arguments(training, Path("unused"), num_samples=1, progress=False)
@@ -287,48 +311,42 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
 def train_adapter(
     model,
     dataset: AnswerTokenDataset,
-    training: Mapping,
+    training: AdapterTraining,
     output_dir: Path,
-    pad_id: int,
     *,
-    loss: str = "vocab",
-    answer_pair: Optional[tuple] = None,
-    resume_from_checkpoint: Optional[str] = None,
-    progress: bool = True,
-    report_to: Sequence[str] = (),
+    pad_id: int,
+    answers: Optional[AnswerTokens] = None,
+    runtime: Optional[Runtime] = None,
     run_name: Optional[str] = None,
-    project: Optional[str] = None,
-    logging_dir: Optional[Path] = None,
-    processes: int = 1,
-    gate_learning_rate: Optional[float] = None,
+    resume_from_checkpoint: Optional[Path] = None,
 ) -> dict:
-    """Train ``model`` (a PeftModel) on ``dataset``; saves the final adapter to ``output_dir/adapter`` and returns a
-    summary (runtime, loss, loss history). ``answer_pair`` = (no_id, yes_id) is needed by ``loss="yes_no"``.
-    ``report_to``, ``run_name``, ``project``: the trackers of the run; TensorBoard writes to
-    ``logging_dir/run_name``. ``processes``: how many processes train together (DDP; see
-    :func:`training_arguments`). ``gate_learning_rate``: a peak learning rate of RecLoRA's gate of its own."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "yes_no" and answer_pair is None:
-        raise ValueError("loss='yes_no' needs answer_pair=(no_id, yes_id)")
+    """Train ``model`` (a PeftModel) on ``dataset`` as ``training`` says; saves the final adapter to
+    ``output_dir/adapter`` and returns a summary (runtime, loss, loss history). ``pad_id`` pads the prompts;
+    ``answers`` (the Yes/No tokens) is needed by the ``yes_no`` loss. ``runtime``: progress bars, the trackers of the
+    run (named ``run_name``; TensorBoard writes to ``runtime.tracking_dir/run_name``) and how many processes train
+    together (DDP; see :func:`training_arguments`); None: a one-process run with progress bars and no trackers."""
+    runtime = runtime or Runtime()
+    if training.loss == "yes_no" and answers is None:
+        raise ValueError("the yes_no loss needs answers, the Yes/No tokens (AnswerTokens)")
     output_dir = Path(output_dir)
-    args = training_arguments(training, output_dir, num_samples=len(dataset), progress=progress,
-                              report_to=report_to, run_name=run_name, project=project, processes=processes)
+    args = training_arguments(training.arguments, output_dir, num_samples=len(dataset),
+                              progress=runtime.show_progress, report_to=runtime.report_to, run_name=run_name,
+                              project=runtime.project, processes=runtime.processes.count)
     callbacks = []
-    if "tensorboard" in tracker_names(report_to):
+    if "tensorboard" in tracker_names(runtime.report_to):
         from transformers.integrations import TensorBoardCallback
 
         tensorboard = TensorBoardCallback()  # its writer is made on the main process only, at the start of training
-        tensorboard.logging_dir = str(Path(logging_dir or output_dir / "tracking") / (run_name or "tune"))
+        tensorboard.logging_dir = str(Path(runtime.tracking_dir or output_dir / "tracking") / (run_name or "tune"))
         callbacks.append(tensorboard)
     trainer = _answer_token_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=LeftPadCollator(pad_id),
-        answer_pair=tuple(answer_pair) if loss == "yes_no" else None, callbacks=callbacks,
-        gate_learning_rate=gate_learning_rate,
+        answers=answers if training.loss == "yes_no" else None, callbacks=callbacks,
+        gate_learning_rate=training.gate_learning_rate,
     )
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     if trainer.is_world_process_zero():
-        model.save_pretrained(str(output_dir / "adapter"))
+        model.save_pretrained(str(output_dir / ADAPTER_DIR))
     return {
         "train_samples": len(dataset),
         "train_runtime_s": result.metrics.get("train_runtime"),
@@ -383,8 +401,6 @@ def checkpoint_problem(path: Path, processes: int = 1) -> Optional[str]:
 
 
 def _safetensors_keys(path: Path) -> list:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return list(handle.keys())
 
@@ -408,13 +424,9 @@ def discard_checkpoints(checkpoints: Path) -> None:
 
 
 def _read_json(path: Path):
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
     set_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -38,11 +38,11 @@ def validate(config: RunConfig) -> RunConfig:
         try:
             peft_config = model.peft_config(config.tune.adapter, crm_dim=config.crm.model.crm_dim)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.name(config)}: "
+            raise ValueError(f"tune.adapter does not give a valid PEFT config for {model.label(config)}: "
                              f"{error}") from None
         problem = peft_config and adapter_target_problem(peft_config, architecture)
         if problem:
-            raise ValueError(f"tune.adapter: {problem}, so {model.name(config)} would tune nothing of "
+            raise ValueError(f"tune.adapter: {problem}, so {model.label(config)} would tune nothing of "
                              f"llm.base_model {config.llm.base_model!r}")
     if config.tune.adapter.get("kernel_backend") == "triton" and not (torch.cuda.is_available()
                                                                      and triton_available()):

@@ -3,7 +3,7 @@
     model, report = train_crm("sim", train_features, valid_features, CrmTrainingConfig(),
                               model_kwargs=CrmModelConfig().to_dict())   # reclora_pipeline.config's crm.model
     evaluate_crm(model, test_features)                        # {"auc": ..., "logloss": ..., "num_samples": ...}
-    table = CrmEmbeddingTable.from_model(model, features, cache_path="rc/train.safetensors")
+    table = RcTable.from_model(model, features, cache_path="rc/train.safetensors")
     crm_embeds = table.get(sample_ids)                        # (batch, model.crm_dim) for RecLoRA
     save_crm(model, "crm/"); load_crm("crm/", expected_schema=features)
 """
@@ -12,7 +12,7 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "CrmModel": ".base",
-    "CrmEmbeddingTable": ".embeddings",
+    "RcTable": ".embeddings",
     "StaleCrmCacheError": ".embeddings",
     "assert_frozen_eval": ".embeddings",
     "crm_fingerprint": ".embeddings",

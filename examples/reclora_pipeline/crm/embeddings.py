@@ -66,8 +66,9 @@ def crm_fingerprint(model: CrmModel, layer: Optional[int] = None) -> str:
     return digest.hexdigest()
 
 
-class CrmEmbeddingTable:
-    """R_c vectors keyed by sample id: ``table.get(sample_ids)`` -> float32 tensor (n, crm_dim)."""
+class RcTable:
+    """R_c (the paper's CRM representation, what RecLoRA's gate reads as ``crm_embeds``) keyed by sample id:
+    ``table.get(sample_ids)`` -> float32 tensor (n, crm_dim)."""
 
     def __init__(
         self,
@@ -141,7 +142,7 @@ class CrmEmbeddingTable:
         return path
 
     @classmethod
-    def load(cls, path: Union[str, Path], *, expected_fingerprint: Optional[str] = None) -> "CrmEmbeddingTable":
+    def load(cls, path: Union[str, Path], *, expected_fingerprint: Optional[str] = None) -> "RcTable":
         """Load a saved table; with ``expected_fingerprint``, raise ``StaleCrmCacheError`` if another CRM wrote it."""
         from safetensors import safe_open
 
@@ -158,7 +159,7 @@ class CrmEmbeddingTable:
         return cls(arrays["sample_id"], arrays["embeds"], fingerprint=fingerprint, layer=int(layer) if layer else None)
 
     @classmethod
-    def merge(cls, tables: Iterable["CrmEmbeddingTable"]) -> "CrmEmbeddingTable":
+    def merge(cls, tables: Iterable["RcTable"]) -> "RcTable":
         """One table from several splits' tables computed by the same CRM."""
         tables = list(tables)
         if not tables:
@@ -183,7 +184,7 @@ class CrmEmbeddingTable:
         layer: Optional[int] = None,
         cache_path: Optional[Union[str, Path]] = None,
         progress: bool = True,
-    ) -> "CrmEmbeddingTable":
+    ) -> "RcTable":
         sample_ids, embeds = precompute_crm_embeds(
             model, features, batch_size, layer=layer, cache_path=cache_path, progress=progress
         )
@@ -216,7 +217,7 @@ def precompute_crm_embeds(
     fingerprint = crm_fingerprint(model, layer)
     if cache_path is not None and Path(cache_path).is_file():
         try:
-            table = CrmEmbeddingTable.load(cache_path, expected_fingerprint=fingerprint)
+            table = RcTable.load(cache_path, expected_fingerprint=fingerprint)
             return sample_ids, table.embeds_for(sample_ids)
         except StaleCrmCacheError as error:
             logger.warning("recomputing R_c: %s", error)
@@ -237,5 +238,5 @@ def precompute_crm_embeds(
             outputs.append(model.represent(batch, layer=layer).float().cpu())
     embeds = torch.cat(outputs).numpy()
     if cache_path is not None:
-        CrmEmbeddingTable(sample_ids, embeds, fingerprint=fingerprint, layer=_layer(model, layer)).save(cache_path)
+        RcTable(sample_ids, embeds, fingerprint=fingerprint, layer=_layer(model, layer)).save(cache_path)
     return sample_ids, embeds

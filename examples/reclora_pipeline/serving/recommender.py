@@ -36,20 +36,30 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import peft_reclora
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..artifacts import RunFolder, read_json, sha256_of_file, write_json_atomically
 from ..config import RunConfig
-from ..crm import CrmEmbeddingTable, CrmSchema, crm_fingerprint, load_crm, read_crm_config, save_crm
+from ..crm import CrmSchema, RcTable, crm_fingerprint, load_crm, read_crm_config, save_crm
 from ..crm.serialization import CRM_CONFIG_NAME
 from ..data import RecDataset
 from ..data.raw import DatasetSpec
+from ..llm import load_adapter, load_base_model, load_tokenizer
+from ..methods import keyword_arguments, models_of
+from ..model_identity import base_model_identity
 from ..provenance import recorded_provenance
 from ..retriever import ITEM_VECTORS_NAME, RetrievalResult
-from ..scoring import score_yes_probability
+from ..scoring import AnswerTokens, score_yes_probability
+from ..stages import LlmInputs
+from ..stages.tune import PEFT_BOOKKEEPING, TuneInputs
+from ..trainer import ADAPTER_DIR, adapter_weights_file
 from ..views import FieldVocabulary, PromptFormatter, SampleView, ctr_features, prompt_token_ids, text_records
+from .publish import model_card, public_model_id, push_recommender
 from .records import (
-    AnswerTokens, DatasetSummary, Lineage, ModelRecord, RecommenderRecord, RetrieverSummary,
+    AnswerTokenRecord, DatasetSummary, Lineage, ModelRecord, RecommenderRecord, RetrieverSummary,
 )
 from .requests import Catalog, Request
 
@@ -102,7 +112,7 @@ class RecLoraRecommender:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.allow_other_base_model = allow_other_base_model
-        self.model = self.tokenizer = self.formatter = None
+        self.model = self.tokenizer = self.formatter = self.answers = None
 
     def __repr__(self) -> str:
         record, config = self.record, self.record.config
@@ -157,10 +167,6 @@ class RecLoraRecommender:
     # -- saving and publishing -----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Union[str, Path], repo_id: Optional[str] = None) -> Path:
         """Write the publishable folder (see the module docstring); ``repo_id`` goes into the model card's snippet."""
-        from safetensors.torch import save_file
-
-        from .publish import model_card, public_model_id
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         adapter_config = dict(self.adapter_config)
@@ -195,8 +201,6 @@ class RecLoraRecommender:
 
         Returns a :class:`reclora_pipeline.serving.publish.PushResult` (repo id, revision, files, commit url).
         """
-        from .publish import push_recommender
-
         return push_recommender(self, repo_id, private=private, revision=revision, token=token, dry_run=dry_run,
                                 commit_message=commit_message)
 
@@ -212,29 +216,26 @@ class RecLoraRecommender:
         """Load the tokenizer, the base LLM and the adapter (done by the first ``score``); returns ``self``."""
         if self.model is not None:
             return self
-        from ..llm import load_adapter, load_base_model, load_tokenizer
-
         self.check_base_model()
         tokenizer = load_tokenizer(self.base_model)
         formatter = PromptFormatter.from_config(tokenizer, self.record.config.prompt)
-        trained = self.record.answer_tokens
-        if (formatter.yes_id, formatter.no_id) != (trained.yes_token_id, trained.no_token_id):
+        trained, answers = self.record.answer_tokens, AnswerTokens.from_formatter(formatter)
+        if answers != trained.ids:
             raise ValueError(
-                f"prompt answer tokens: the tokenizer of {self.base_model!r} gives ids {formatter.yes_id}/"
-                f"{formatter.no_id} for {trained.yes_token!r}/{trained.no_token!r}, but the adapter was trained with "
+                f"prompt answer tokens: the tokenizer of {self.base_model!r} gives ids {answers.yes}/{answers.no} "
+                f"for {trained.yes_token!r}/{trained.no_token!r}, but the adapter was trained with "
                 f"{trained.yes_token_id}/{trained.no_token_id}; this is not the base model it was trained on")
+        adapter_weights_file(self.adapter_dir)  # before the base LLM is loaded
         dtype = self.dtype or self.record.trained_dtype
         base = load_base_model(self.base_model, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         base.config.pad_token_id = tokenizer.pad_token_id  # as the pipeline scores
         model = load_adapter(base.to(self.device), self.adapter_dir)
-        self.tokenizer, self.formatter, self.model = tokenizer, formatter, model
+        self.tokenizer, self.formatter, self.answers, self.model = tokenizer, formatter, answers, model
         return self
 
     def check_base_model(self) -> str:
         """The content identity of the base LLM to load; one other than the adapter's is refused (an error naming
         both) unless ``allow_other_base_model``, and then logged."""
-        from ..model_identity import base_model_identity
-
         identity = base_model_identity(self.base_model)
         trained = self.record.lineage.base_model_identity
         if identity != trained:
@@ -266,11 +267,10 @@ class RecLoraRecommender:
         self.load_model()
         config = self.record.config
         features = ctr_features(view, self.vocabulary)
-        crm_embeds = CrmEmbeddingTable.from_model(self.crm, features, batch_size=config.crm.training.eval_batch_size,
-                                                  progress=progress).get(view.sample_id)
+        crm_embeds = RcTable.from_model(self.crm, features, batch_size=config.crm.training.eval_batch_size,
+                                        progress=progress).get(view.sample_id)
         token_ids = prompt_token_ids(self.spec, text_records(view), self.formatter, config.prompt.max_tokens)
-        return score_yes_probability(self.model, token_ids, self.formatter.yes_id, self.formatter.no_id,
-                                     self.tokenizer.pad_token_id, crm_embeds,
+        return score_yes_probability(self.model, token_ids, self.answers, self.tokenizer.pad_token_id, crm_embeds,
                                      config.eval.batch_size if batch_size is None else batch_size,
                                      progress=progress)
 
@@ -287,8 +287,6 @@ def csv_text(table: pd.DataFrame) -> str:
 def adapter_config_digest(adapter_config: dict) -> str:
     """sha256 of what an adapter config sets (every field but PEFT's bookkeeping: where and when it was saved), so
     that publishing under another base model name keeps it, and any edit that changes the scores changes it."""
-    from ..stages.tune import PEFT_BOOKKEEPING
-
     kept = {key: _comparable(value) for key, value in adapter_config.items() if key not in PEFT_BOOKKEEPING}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -368,21 +366,22 @@ def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> R
         pca = {key: value for key, value in (semantic.metadata.get("pca") or {}).items() if key != "pca_dim"}
         retriever = RetrieverSummary(vector_dim=int(item_vectors.shape[1]), pca=pca,  # pca_dim is vector_dim
                                      encoding_key=semantic.metadata.get("encoding_key"))
-    adapter_dir = tune.path / "adapter"
+    adapter_dir = tune.path / ADAPTER_DIR
     adapter_config = read_json(adapter_dir / ADAPTER_CONFIG_NAME, "adapter config")
+    trained_llm: LlmInputs = tune.inputs_as(TuneInputs).llm
     answer_tokens = trained_answer_tokens(config)
     vocabulary = FieldVocabulary.from_dataset(dataset)
     record = RecommenderRecord(
         model=ModelRecord(model, entry["method"], short, long),
         config=config,
-        trained_dtype=tune.manifest["inputs"]["llm"]["dtype"],
+        trained_dtype=trained_llm.dtype,
         answer_tokens=answer_tokens,
         lineage=Lineage(tune_key=tune.key, rc_key=rc.key, crm_key=crm.key, data_key=data.key,
                         retrieval_keys={mode: retrieval_keys[mode] for mode in sorted({short, long})},
                         dataset_fingerprint=dataset.fingerprint, crm_fingerprint=crm.summary["fingerprint"],
                         adapter_sha256=tune.manifest["files"][f"adapter/{ADAPTER_WEIGHTS_NAME}"]["sha256"],
                         adapter_config_sha256=adapter_config_digest(adapter_config),
-                        base_model_identity=tune.manifest["inputs"]["llm"]["identity"],
+                        base_model_identity=trained_llm.identity,
                         vocabulary_sha256=vocabulary_digest(vocabulary),
                         catalog_sha256=catalog_digest(dataset.users, dataset.items),
                         item_vectors_sha256=None if item_vectors is None else vectors_digest(item_vectors)),
@@ -399,14 +398,12 @@ def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> R
                             source=str(folder.root))
 
 
-def trained_answer_tokens(config: RunConfig) -> AnswerTokens:
+def trained_answer_tokens(config: RunConfig) -> AnswerTokenRecord:
     """The answer tokens of the run's prompt style, read from the tokenizer (no model is loaded)."""
-    from ..llm import load_tokenizer
-
     formatter = PromptFormatter.from_config(load_tokenizer(config.llm.base_model), config.prompt)
     tokens = formatter.to_dict()
-    return AnswerTokens(tokens["yes_token"], tokens["no_token"], int(tokens["yes_token_id"]),
-                        int(tokens["no_token_id"]))
+    return AnswerTokenRecord(tokens["yes_token"], tokens["no_token"], int(tokens["yes_token_id"]),
+                             int(tokens["no_token_id"]))
 
 
 def dataset_summary(dataset: RecDataset) -> DatasetSummary:
@@ -450,8 +447,6 @@ def resolve_folder(repo_id_or_folder: Union[str, Path], revision: Optional[str] 
 
 def read_parts(folder: Path) -> RecommenderParts:
     """Read a saved folder; a missing file raises ``FileNotFoundError`` naming the part."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config_path = folder / RECOMMENDER_CONFIG_NAME
     if not config_path.is_file():
@@ -483,8 +478,6 @@ def read_parts(folder: Path) -> RecommenderParts:
 def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
     """Read the adapter config and its weights' shapes (header only), check them against each other and the weights
     against the adapter the run trained; returns the adapter config."""
-    from safetensors import safe_open
-
     adapter_dir = Path(adapter_dir)
     for part, name in (("adapter config", ADAPTER_CONFIG_NAME), ("adapter weights", ADAPTER_WEIGHTS_NAME)):
         if not (adapter_dir / name).is_file():
@@ -546,12 +539,8 @@ def run_adapter_differences(adapter_config: dict, record: RecommenderRecord) -> 
     """The adapter settings the run's config fixes for this model (the ``tune.adapter`` keys its method passes to
     PEFT, and crm_dim) that ``adapter_config`` contradicts. Unset keys are not compared: their defaults belong to the
     PEFT version that trained the adapter, not to the one reading it."""
-    import peft_reclora
-
-    from ..methods import keyword_arguments, models_of
-
     config = record.config
-    methods = [method for method in models_of(config) if method.name(config) == record.model.name]
+    methods = [method for method in models_of(config) if method.label(config) == record.model.name]
     if not methods:
         return []
     expected = keyword_arguments(methods[0].adapter_settings(config), peft_reclora.RecLoraConfig)

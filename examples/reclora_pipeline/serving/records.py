@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from ..config import DTYPES, RunConfig
+from ..scoring import AnswerTokens
 
 FORMAT = "reclora-recommender"
 FORMAT_VERSION = 3  # 3: the lineage names the base model by content and covers adapter_config.json
@@ -68,13 +69,18 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
-class AnswerTokens:
-    """The Yes/No tokens the adapter was trained to answer with (checked against the tokenizer on load)."""
+class AnswerTokenRecord:
+    """The Yes/No tokens the adapter was trained to answer with, as text and ids (the ids are checked against the
+    tokenizer on load)."""
 
     yes_token: str
     no_token: str
     yes_token_id: int
     no_token_id: int
+
+    @property
+    def ids(self) -> AnswerTokens:
+        return AnswerTokens(yes=self.yes_token_id, no=self.no_token_id)
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class RecommenderRecord:
     model: ModelRecord
     config: RunConfig
     trained_dtype: str
-    answer_tokens: AnswerTokens
+    answer_tokens: AnswerTokenRecord
     lineage: Lineage
     dataset: DatasetSummary
     retriever: Optional[RetrieverSummary] = None
@@ -180,7 +186,7 @@ class RecommenderRecord:
             model=_from(ModelRecord, data.get("model"), f"{where} model"),
             config=config,
             trained_dtype=_trained_dtype(data.get("trained_dtype"), where),
-            answer_tokens=_from(AnswerTokens, data.get("answer_tokens"), f"{where} answer_tokens"),
+            answer_tokens=_from(AnswerTokenRecord, data.get("answer_tokens"), f"{where} answer_tokens"),
             lineage=_from(Lineage, data.get("lineage"), f"{where} lineage"),
             dataset=_from(DatasetSummary, data.get("dataset"), f"{where} dataset"),
             retriever=None if retriever is None else _from(RetrieverSummary, retriever, f"{where} retriever"),

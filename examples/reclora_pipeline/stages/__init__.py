@@ -7,6 +7,11 @@ reads, hence its key) and ``run(folder, node, upstream artifacts) -> artifact`` 
                                    │
     score (per model: every CRM, every LLM model) ──> report (results.json, results.md, predictions/, plots/)
 
+Each stage declares what it reads as one frozen dataclass (``DataInputs``, ``RetrievalInputs``, ``CrmInputs``,
+``RcInputs``, ``TuneInputs``, ``CrmScoreInputs`` / ``LlmScoreInputs``; the base LLM of the stages that load it is
+``LlmInputs``), a ``StageInputs`` whose dict form is what the key hashes; a reader of a finished artifact gets it back
+typed with ``artifact.inputs_as(TuneInputs)``.
+
 Stages never import each other; ``reclora_pipeline.plan`` builds the graph and ``reclora_pipeline.pipeline`` runs it.
 """
 
@@ -16,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+import torch
+
+from ..artifacts import StageInputs
+from ..config import LlmConfig
 from ..distributed import Processes
+from ..llm import dtype_name, resolve_dtype
+from ..model_identity import base_model_identity
+from ..tracking import Trackers
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,6 @@ class Runtime:
 
     def trackers(self, run_name: str, config: Mapping):
         """The experiment trackers of one training run (a CRM), started; none on processes other than the main."""
-        from ..tracking import Trackers
-
         if not self.processes.main:
             return Trackers()
         return Trackers.start(self.report_to, run_name, self.tracking_dir, {"project": self.project, **config})
@@ -51,6 +61,22 @@ class Runtime:
 
 def device_kind() -> str:
     """"cuda" or "cpu": part of the inputs of every stage whose numbers depend on the device."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class LlmInputs(StageInputs):
+    """The base LLM as the stages that load it read it: its name (to load it), its content identity (what it
+    computes: other weights at the same path are another model) and its dtype as loaded."""
+
+    base_model: str
+    identity: str
+    dtype: str
+
+    @classmethod
+    def of(cls, llm: LlmConfig) -> "LlmInputs":
+        return cls(llm.base_model, base_model_identity(llm.base_model), dtype_name(resolve_dtype(llm.dtype)))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype)

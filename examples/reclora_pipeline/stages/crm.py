@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import RunFolder, StageNode, cached
-from ..config import CrmConfig
-from ..crm import CrmEmbeddingTable, CrmModel, crm_class, crm_fingerprint, load_crm, save_crm, train_crm
+from ..artifacts import RunFolder, StageInputs, StageNode, cached
+from ..config import CrmConfig, CrmModelConfig, CrmTrainingConfig
+from ..crm import CrmModel, RcTable, crm_class, crm_fingerprint, load_crm, save_crm, train_crm
 from ..data import RecDataset
 from ..retriever import RetrievalResult
 from ..views import build_ctr_features
@@ -37,14 +37,32 @@ def label(name: str, mode: str) -> str:
     return f"{crm_class(name).display_name} ({mode})"
 
 
+@dataclass(frozen=True)
+class CrmInputs(StageInputs):
+    """What training a CRM reads: which CRM (its registry name), its network and training settings, the device."""
+
+    name: str
+    model: CrmModelConfig
+    training: CrmTrainingConfig
+    device: str
+
+
+@dataclass(frozen=True)
+class RcInputs(StageInputs):
+    """What computing R_c reads besides the trained CRM: the splits it covers and the batch of the CRM's forward."""
+
+    splits: tuple[str, ...]
+    batch_size: int
+
+
 def node(crm: CrmConfig, name: str, data: StageNode, retrieval: StageNode) -> StageNode:
-    inputs = {"name": name, "model": crm.model, "training": crm.training, "device": device_kind()}
+    inputs = CrmInputs(name, crm.model, crm.training, device_kind())
     return StageNode("crm", label(name, retrieval.label), inputs, (data, retrieval), VERSION)
 
 
 def rc_node(crm: CrmConfig, trained: StageNode) -> StageNode:
     data, retrieval = trained.upstream
-    inputs = {"splits": list(RC_SPLITS), "batch_size": crm.training.eval_batch_size}
+    inputs = RcInputs(RC_SPLITS, crm.training.eval_batch_size)
     return StageNode("rc", trained.label, inputs, (trained, data, retrieval), RC_VERSION)
 
 
@@ -59,17 +77,18 @@ class TrainedCrm:
 
 def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: RetrievalResult,
         runtime: Runtime) -> TrainedCrm:
-    name = node.inputs["name"]
+    inputs: CrmInputs = node.inputs
 
     def build(staging: Path) -> dict:
         train = build_ctr_features(dataset, retrieval=retrieval, split="train")
         folder.log(f"stage 1: {node.label} on {len(train):,} training samples")
-        trackers = runtime.trackers(node.label, {"stage": "crm", "crm": name, **node.inputs["model"].to_dict(),
-                                                 **node.inputs["training"].to_dict()})
+        trackers = runtime.trackers(node.label, {"stage": "crm", "crm": inputs.name, **inputs.model.to_dict(),
+                                                 **inputs.training.to_dict()})
         try:
-            model, report = train_crm(name, train, build_ctr_features(dataset, retrieval=retrieval, split="valid"),
-                                      node.inputs["training"], model_kwargs=node.inputs["model"].to_dict(),
-                                      device=runtime.device, progress=runtime.show_progress, tracker=trackers)
+            model, report = train_crm(inputs.name, train,
+                                      build_ctr_features(dataset, retrieval=retrieval, split="valid"),
+                                      inputs.training, model_kwargs=inputs.model.to_dict(), device=runtime.device,
+                                      progress=runtime.show_progress, tracker=trackers)
         finally:
             trackers.finish()
         save_crm(model, staging, metrics={"valid_auc": report.valid_auc, "valid_logloss": report.valid_logloss})
@@ -91,20 +110,19 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
 
 
 def rc(folder: RunFolder, node: StageNode, crm: TrainedCrm, dataset: RecDataset,
-       retrieval: RetrievalResult, runtime: Runtime) -> CrmEmbeddingTable:
+       retrieval: RetrievalResult, runtime: Runtime) -> RcTable:
     """R_c of every sample of ``RC_SPLITS``, looked up by sample id."""
+    inputs: RcInputs = node.inputs
 
     def build(staging: Path) -> dict:
-        tables = [CrmEmbeddingTable.from_model(crm.model, build_ctr_features(dataset, retrieval=retrieval, split=split),
-                                               batch_size=node.inputs["batch_size"],
-                                               progress=runtime.show_progress)
-                  for split in node.inputs["splits"]]
-        table = CrmEmbeddingTable.merge(tables)
+        tables = [RcTable.from_model(crm.model, build_ctr_features(dataset, retrieval=retrieval, split=split),
+                                     batch_size=inputs.batch_size, progress=runtime.show_progress)
+                  for split in inputs.splits]
+        table = RcTable.merge(tables)
         table.save(staging / RC_FILE)
         return {"samples": len(table), "crm_dim": table.crm_dim, "crm_fingerprint": crm.fingerprint,
                 "mean_norm": float(np.linalg.norm(table.embeds_for(table.sample_ids), axis=1).mean())}
 
     table, _ = cached(folder, node, build,
-                      lambda artifact: CrmEmbeddingTable.load(artifact.path / RC_FILE,
-                                                              expected_fingerprint=crm.fingerprint))
+                      lambda artifact: RcTable.load(artifact.path / RC_FILE, expected_fingerprint=crm.fingerprint))
     return table

@@ -6,9 +6,10 @@ is read again. The artifact is the dataset as ``RecDataset.save`` writes it (plu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import RunFolder, StageNode, cached
+from ..artifacts import RunFolder, StageInputs, StageNode, cached
 from ..config import DataConfig
 from ..data import RecDataset, embedded_ml100k_dir, load_dataset
 from . import Runtime
@@ -33,12 +34,20 @@ def source_stamp(data: DataConfig) -> list:
             for path in sorted(folder.rglob("*")) if path.is_file()]
 
 
+@dataclass(frozen=True)
+class DataInputs(StageInputs):
+    """What the data stage reads: the ``data`` settings and the stamp of the source files (``source_stamp``)."""
+
+    data: DataConfig
+    source_files: tuple  # (name, size, mtime_ns) of each file
+
+
 def node(data: DataConfig) -> StageNode:
-    return StageNode("data", data.dataset, {"data": data, "source_files": source_stamp(data)}, version=VERSION)
+    return StageNode("data", data.dataset, DataInputs(data, tuple(map(tuple, source_stamp(data)))), version=VERSION)
 
 
 def run(folder: RunFolder, node: StageNode, runtime: Runtime) -> RecDataset:
-    data: DataConfig = node.inputs["data"]
+    data = node.inputs.data
 
     def build(staging: Path) -> dict:
         dataset = load_dataset(data.dataset, data.source, progress=runtime.show_progress, **data.reader_options())

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from .. import uncertainty
 from ..artifacts import RunFolder, atomic_path, read_json, safe_name, write_json_atomically, write_text_atomically
@@ -347,6 +348,4 @@ def _timings(folder: RunFolder) -> dict:
 
 
 def _device() -> str:
-    import torch
-
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -12,37 +12,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
+from peft import PeftConfig
 from safetensors.torch import load_file
 
-from ..artifacts import RunFolder, StageNode, cached, canonical, read_json
+from ..artifacts import RunFolder, StageInputs, StageNode, cached, canonical, omitted_when_none, read_json
 from ..config import PromptConfig, RunConfig
-from ..crm import CrmEmbeddingTable
+from ..crm import RcTable
 from ..data import RecDataset
-from ..llm import dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from ..llm import load_base_model, load_tokenizer
 from ..methods import Method
-from ..model_identity import base_model_identity
 from ..retriever import RetrievalResult
 from ..sampling import load_index_file, save_index_file, seeded_sample
+from ..scoring import AnswerTokens
 from ..trainer import (
-    AnswerTokenDataset, build_peft_model, discard_checkpoints, last_checkpoint, seed_everything, train_adapter,
+    ADAPTER_DIR, AdapterTraining, AnswerTokenDataset, build_peft_model, discard_checkpoints, last_checkpoint,
+    seed_everything, train_adapter, training_default,
 )
 from ..views import PromptFormatter, SampleView, prompt_token_ids, text_records
-from . import Runtime, device_kind
+from . import LlmInputs, Runtime, device_kind
 
 VERSION = 1
-ADAPTER_DIR = "adapter"
 FEW_SHOT_FILE = "few_shot.json"
 # Fields of a PEFT config that record where and when it was made, not what it trains.
 PEFT_BOOKKEEPING = ("base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode")
 
 
-def llm_inputs(config: RunConfig) -> dict:
-    """The base LLM as the stages that load it read it: its name (to load it), its content identity (what it
-    computes: other weights at the same path are another model) and its dtype."""
-    return {"base_model": config.llm.base_model, "identity": base_model_identity(config.llm.base_model),
-            "dtype": dtype_name(resolve_dtype(config.llm.dtype))}
+@dataclass(frozen=True)
+class TuneInputs(StageInputs):
+    """What tuning one LLM model reads: its method and PEFT config (as PEFT receives it, less ``PEFT_BOOKKEEPING``),
+    the few-shot sample, the loss, ``tune.training``, the base LLM, the prompt settings and the device;
+    ``gate_learning_rate`` only for a method with a gate, and only when set."""
+
+    method: str
+    peft: Optional[dict]
+    few_shot: int
+    few_shot_seed: int
+    loss: str
+    training: Mapping[str, Any]
+    llm: LlmInputs
+    prompt: PromptConfig
+    device: str
+    gate_learning_rate: Optional[float] = omitted_when_none()
+
+    @property
+    def adapter_training(self) -> AdapterTraining:
+        return AdapterTraining(self.training, self.loss, self.gate_learning_rate)
 
 
 def peft_inputs(model: Method, config: RunConfig) -> Optional[dict]:
@@ -54,21 +70,20 @@ def peft_inputs(model: Method, config: RunConfig) -> Optional[dict]:
 
 def node(model: Method, config: RunConfig, data: StageNode, retrieval: StageNode,
          rc: Optional[StageNode]) -> StageNode:
-    inputs = {
-        "method": type(model).__name__,
-        "peft": peft_inputs(model, config),
-        "few_shot": model.few_shot_size(config),
-        "few_shot_seed": config.tune.few_shot_seed,
-        "loss": config.tune.loss,
-        "training": config.tune.training,
-        "llm": llm_inputs(config),
-        "prompt": config.prompt,
-        "device": device_kind(),
-    }
-    if model.needs_crm and config.tune.gate_learning_rate is not None:
-        inputs["gate_learning_rate"] = config.tune.gate_learning_rate  # only a gate has one
+    inputs = TuneInputs(
+        method=type(model).__name__,
+        peft=peft_inputs(model, config),
+        few_shot=model.few_shot_size(config),
+        few_shot_seed=config.tune.few_shot_seed,
+        loss=config.tune.loss,
+        training=config.tune.training,
+        llm=LlmInputs.of(config.llm),
+        prompt=config.prompt,
+        device=device_kind(),
+        gate_learning_rate=config.tune.gate_learning_rate if model.needs_crm else None,  # only a gate has one
+    )
     upstream = (data, retrieval) + ((rc,) if rc is not None else ())
-    return StageNode("tune", model.name(config), inputs, upstream, VERSION)
+    return StageNode("tune", model.label(config), inputs, upstream, VERSION)
 
 
 @dataclass(frozen=True)
@@ -86,31 +101,29 @@ class TunedAdapter:
 
 
 def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: RetrievalResult,
-        rc: Optional[CrmEmbeddingTable], runtime: Runtime) -> TunedAdapter:
+        rc: Optional[RcTable], runtime: Runtime) -> TunedAdapter:
     """``retrieval`` writes the prompts' short histories; ``rc`` (RecLoRA) is the R_c table of the gate CRM."""
-    inputs = node.inputs
+    inputs: TuneInputs = node.inputs
 
     def build(staging: Path) -> dict:
-        prompt: PromptConfig = inputs["prompt"]
-        llm = inputs["llm"]
-        tokenizer = load_tokenizer(llm["base_model"])
-        formatter = PromptFormatter.from_config(tokenizer, prompt)
-        seed_everything(int(inputs["training"].get("seed", _declared_seed())))
-        base = load_base_model(llm["base_model"], dtype=resolve_dtype(llm["dtype"])).to(runtime.device)
+        tokenizer = load_tokenizer(inputs.llm.base_model)
+        formatter = PromptFormatter.from_config(tokenizer, inputs.prompt)
+        # TrainingArguments' own default seed, which the Trainer uses when tune.training sets none.
+        seed_everything(int(inputs.training.get("seed", training_default("seed"))))
+        base = load_base_model(inputs.llm.base_model, dtype=inputs.llm.torch_dtype).to(runtime.device)
         base.config.pad_token_id = tokenizer.pad_token_id
-        train_ids = seeded_sample(dataset.sample_ids("train"), inputs["few_shot"], inputs["few_shot_seed"],
-                                  what="few-shot")
+        train_ids = seeded_sample(dataset.sample_ids("train"), inputs.few_shot, inputs.few_shot_seed, what="few-shot")
         if runtime.processes.main:
             save_index_file(staging / FEW_SHOT_FILE, train_ids, split="train", size=len(train_ids),
-                            seed=inputs["few_shot_seed"])
+                            seed=inputs.few_shot_seed)
         crm_embeds = rc.get(train_ids) if rc is not None else None
         view = SampleView.from_dataset(dataset, train_ids, short=retrieval, k_long=0)
-        token_ids = prompt_token_ids(dataset.spec, text_records(view), formatter, prompt.max_tokens)
+        token_ids = prompt_token_ids(dataset.spec, text_records(view), formatter, inputs.prompt.max_tokens)
         folder.log(f"stage 2: {node.label} on {len(train_ids)} few-shot samples "
                    f"(positive rate {view.label.mean():.2f})")
         train_set = AnswerTokenDataset(train_ids, token_ids, [formatter.answer_id(label) for label in view.label],
                                        crm_embeds)
-        peft_model = build_peft_model(base, peft_config_of(inputs["peft"], rc))
+        peft_model = build_peft_model(base, peft_config_of(inputs.peft, rc))
         trainable, total = peft_model.get_nb_trainable_parameters()
         folder.log(f"trainable parameters: {trainable:,} of {total:,}")
         resume = None  # the main process decides (and removes incomplete checkpoints), the others follow
@@ -120,12 +133,9 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         resume = None if resume is None else Path(resume)
         if resume is not None:
             folder.log(f"resuming {node.label} from its last checkpoint ({resume.name})")
-        summary = train_adapter(peft_model, train_set, inputs["training"], staging, tokenizer.pad_token_id,
-                                loss=inputs["loss"], answer_pair=(formatter.no_id, formatter.yes_id),
-                                resume_from_checkpoint=str(resume) if resume else None,
-                                progress=runtime.show_progress, processes=runtime.processes.count,
-                                report_to=runtime.report_to, run_name=node.label, project=runtime.project,
-                                logging_dir=runtime.tracking_dir, gate_learning_rate=inputs.get("gate_learning_rate"))
+        summary = train_adapter(peft_model, train_set, inputs.adapter_training, staging,
+                                pad_id=tokenizer.pad_token_id, answers=AnswerTokens.from_formatter(formatter),
+                                runtime=runtime, run_name=node.label, resume_from_checkpoint=resume)
         runtime.processes.wait()  # every process is done with the checkpoints
         if runtime.processes.main:
             discard_checkpoints(staging / "checkpoints")  # the adapter is final; nothing to resume
@@ -149,20 +159,9 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     return adapter
 
 
-def _declared_seed() -> int:
-    """TrainingArguments' own default seed, which the Trainer uses when tune.training sets none."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    return {item.name: item for item in dataclasses.fields(TrainingArguments)}["seed"].default
-
-
-def peft_config_of(recorded: dict, rc: Optional[CrmEmbeddingTable]):
+def peft_config_of(recorded: dict, rc: Optional[RcTable]):
     """The PEFT config a node records, rebuilt (PEFT picks the class by ``peft_type``); a RecLoRA config must read
     R_c as wide as the table's."""
-    from peft import PeftConfig
-
     peft_config = PeftConfig.from_peft_type(**recorded)
     crm_dim = getattr(peft_config, "crm_dim", None)
     if crm_dim is not None and (rc is None or rc.crm_dim != crm_dim):
