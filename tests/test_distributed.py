@@ -93,3 +93,29 @@ def test_a_folder_in_use_stops_every_process(tmp_path, tiny_base_model):
     assert process.stderr.count(f"error: out: {tmp_path / 'run'} is being written by another run") == 2
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [LOCK_NAME]
 
+
+
+def test_two_processes_with_an_8bit_base_give_what_one_process_gives(tmp_path, tiny_base_model):
+    """The paper's setting in small: an 8-bit base (bitsandbytes, here on the CPU) under torchrun, each process
+    loading its own copy onto its own device; tuning and scoring agree with one process to 1e-3 (int8 matmuls of
+    half batches round differently from those of the whole batch)."""
+    settings = dict(models=["reclora", "lora"], llm__quantization="8bit", retrieval__mode="semantic",
+                    retrieval__pca_dim=16, retrieval__cache_dir=str(tmp_path / "encodings"),
+                    tune__training__learning_rate=5e-2, tune__training__per_device_train_batch_size=8)
+    run_pipeline(fast_config(tmp_path / "one", tiny_base_model, **settings))
+    config = fast_config(tmp_path / "two", tiny_base_model, **settings)
+    config_file = tmp_path / "two.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "reclora_pipeline.cli", "run", "--preset", "none", "--config", str(config_file)],
+        env=_environment(), capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    one, two = table(tmp_path / "one"), table(tmp_path / "two")
+    assert set(two) == set(one) >= {"RecLoRA", "LoRA (r=2)"}
+    manifest = json.loads(next((tmp_path / "two" / "stages" / "tune").glob("RecLoRA-*/stage.json")).read_text())
+    assert manifest["inputs"]["llm"]["quantization"] == "8bit"
+    for path in sorted((tmp_path / "one" / "predictions").glob("*.csv")):
+        a, b = pd.read_csv(path), pd.read_csv(tmp_path / "two" / "predictions" / path.name)
+        assert a.drop(columns="score").equals(b.drop(columns="score"))
+        np.testing.assert_allclose(b["score"], a["score"], atol=1e-3, err_msg=path.name)

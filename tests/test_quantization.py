@@ -90,3 +90,58 @@ def test_quantized_tiny_base_loads_and_trains_reclora_on_cpu(quantizable_base_mo
         shifted = model(input_ids=ids, crm_embeds=crm_embeds).logits
         flipped = model(input_ids=ids, crm_embeds=crm_embeds.flip(0)).logits
     assert not torch.allclose(shifted, flipped)  # the output depends on crm_embeds through the quantized base
+
+
+def _scored_run(out, base_model, quantization, tmp_path, **changes):
+    """A finished tiny pipeline run with RecLoRA and LoRA on a quantized base (semantic retrieval: the item encoder
+    is the quantized base too); returns its folder, config and RecLoRA's scores with their sample ids."""
+    from reclora_pipeline.pipeline import run_pipeline
+
+    from support.pipeline_runs import fast_config
+
+    config = fast_config(out, base_model, models=["reclora", "lora"], llm__quantization=quantization,
+                         retrieval__mode="semantic", retrieval__pca_dim=16,
+                         retrieval__cache_dir=str(tmp_path / "encodings"), **changes)
+    run_pipeline(config)
+    return config
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_a_quantized_pipeline_run_completes_and_its_recommender_loads_the_same_way(
+        tmp_path, quantizable_base_model, quantization):
+    import json
+
+    import numpy as np
+
+    from reclora_pipeline.artifacts import RunFolder
+    from reclora_pipeline.data import RecDataset
+    from reclora_pipeline.plan import plan_run
+    from reclora_pipeline.serving.recommender import RecLoraRecommender
+
+    from support.pipeline_runs import table
+
+    config = _scored_run(tmp_path / "run", quantizable_base_model, quantization, tmp_path)
+    results = table(tmp_path / "run")
+    assert {"SIM", "RecLoRA", "LoRA (r=2)"} <= set(results), results
+    assert all(0.0 <= results[name]["auc"] <= 1.0 and results[name]["n"] == 40 for name in results)
+    plan = plan_run(config)
+    folder = RunFolder(config.out)
+    for node in (plan.retrievals["semantic"], plan.llm_models[0].tune, plan.llm_models[0].score):
+        recorded = folder.artifact(node.stage, node.key).manifest["inputs"]
+        assert (recorded.get("llm") or recorded.get("encoder"))["quantization"] == quantization, node
+    # The unquantized plan of the same settings has other keys for every stage that loads the LLM, and only those.
+    plain = plan_run(config.override({"llm.quantization": "none"}))
+    assert plain.data.key == plan.data.key
+    assert plain.retrievals["semantic"].key != plan.retrievals["semantic"].key
+    assert plain.llm_models[0].tune.key != plan.llm_models[0].tune.key
+
+    recommender = RecLoraRecommender.from_run(config.out, device="cpu").load_model()
+    assert llm.is_quantized(recommender.model.get_base_model())
+    dataset = RecDataset.load(folder.artifact("data", plan.data.key).path)
+    samples = np.asarray(json.loads((folder.root / "eval_samples.json").read_text())["sample_ids"])[:8]
+    indexed = dataset.samples.set_index("sample_id")
+    requests = [{"user_id": str(indexed.at[sample, "user_id"]), "item_id": str(indexed.at[sample, "item_id"]),
+                 "history": [(item, int(rating)) for item, rating in zip(items, ratings)]}
+                for sample, items, ratings, _ in dataset.history(samples)]
+    run_scores = np.load(folder.artifact("score", plan.llm_models[0].score.key).path / "scores.npy")[:8]
+    np.testing.assert_allclose(recommender.score(requests), run_scores, rtol=0, atol=1e-4)

@@ -605,7 +605,7 @@ def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, 
         raise AssertionError("the base LLM was loaded before the adapter folder was checked")
 
     monkeypatch.setattr(reclora_pipeline.serving.recommender, "load_base_model", no_llm)
-    with pytest.raises(FileNotFoundError, match=f"{folder} has no weights file .adapter_model.safetensors or "):
+    with pytest.raises(FileNotFoundError, match=f"{folder}' has adapter_config.json but no weights file"):
         recommender.load_model()
 
 

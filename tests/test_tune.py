@@ -205,7 +205,8 @@ def test_a_saved_adapter_without_weights_is_named_before_loading(tmp_path):
     assert adapter_weights_file(adapter) == adapter / "adapter_model.bin"  # PyTorch's format, as PEFT reads it
     (adapter / "adapter_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(
-            f"{adapter} has no weights file (adapter_model.safetensors or adapter_model.bin)")):
+            f"{str(adapter)!r} has adapter_config.json but no weights file: expected adapter_model.safetensors "
+            "(or adapter_model.bin)")):
         adapter_weights_file(adapter)
 
 
@@ -218,11 +219,11 @@ def test_scoring_checks_the_adapter_folder_before_loading_the_llm(tmp_path, monk
         raise AssertionError("the base LLM was loaded before the adapter folder was checked")
 
     monkeypatch.setattr(score_stage, "load_tokenizer", no_llm)
-    monkeypatch.setattr(score_stage, "load_base_model", no_llm)
+    monkeypatch.setattr("reclora_pipeline.stages.load_base_model", no_llm)
     node = plan_run(RunConfig.from_preset("demo", {"out": str(tmp_path / "run")})).llm_models[1].score
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{adapter} has no weights file")):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{adapter}' has adapter_config.json but no weights file")):
         score_stage.score_llm(RunFolder(tmp_path / "run", log=lambda message: None), node, None, None, adapter, None,
                               Runtime(progress=False))

@@ -205,6 +205,21 @@ def process_device() -> str:
     return f"cuda:{index}"
 
 
+class _OnceFilter(logging.Filter):
+    """Lets a log message through the first time only: bitsandbytes logs its 8-bit input cast at every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def quantization_config(quantization: Optional[str], compute_dtype: torch.dtype):
     """transformers' ``BitsAndBytesConfig`` for ``quantization`` ("8bit", "4bit"), or None for "none"/None. 4-bit
     is NF4 with double quantization (QLoRA's recipe) and computes in ``compute_dtype``."""
@@ -213,6 +228,9 @@ def quantization_config(quantization: Optional[str], compute_dtype: torch.dtype)
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
+        cast_log = logging.getLogger("bitsandbytes.autograd._functions")
+        if not any(isinstance(item, _OnceFilter) for item in cast_log.filters):
+            cast_log.addFilter(_OnceFilter())
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

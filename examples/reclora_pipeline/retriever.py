@@ -54,12 +54,15 @@ RESULT_FORMAT_VERSION = 1
 
 
 # -- item encodings ----------------------------------------------------------------------------------------------------
-def model_fingerprint(model, name: Optional[str] = None) -> str:
-    """A short id of what an encoder computes: for a model loaded by name, the content identity of its files and its
-    dtype; for a model given as an object, every parameter and buffer (name, dtype, shape and values)."""
+def model_fingerprint(model, name: Optional[str] = None, quantization: Optional[str] = None) -> str:
+    """A short id of what an encoder computes: for a model loaded by name, the content identity of its files, its
+    dtype and its quantization (if any); for a model given as an object, every parameter and buffer (name, dtype,
+    shape and values)."""
     if name is not None:
         digest = hashlib.sha256(base_model_identity(name).encode())
         digest.update(str(next(model.parameters()).dtype).encode())
+        if quantization not in (None, "none"):
+            digest.update(f"\0{quantization}".encode())
         return digest.hexdigest()[:16]
     return module_sha256(model)[:16]
 
@@ -190,22 +193,26 @@ def encode_items(
     *,
     encoder: str = "embedded",
     dtype: Optional[str] = None,
+    quantization: Optional[str] = None,
     device=None,
     progress: bool = True,
     model=None,
     tokenizer=None,
 ) -> ItemEncodings:
     """Encode the dataset's item descriptions with the LLM ``encoder`` (or the given ``model``/``tokenizer``), or load
-    them from the cache (``config.cache_dir``)."""
+    them from the cache (``config.cache_dir``). ``quantization`` ("8bit", "4bit") loads the encoder quantized, onto
+    ``device``."""
     config = config or RetrievalConfig()
     texts = item_texts(dataset)
     item_ids = dataset.items["item_id"].tolist()
     loaded_by_name = model is None
     if model is None:
-        model = load_base_model(encoder, dtype=getattr(torch, dtype) if dtype else None)
+        quantized = quantization not in (None, "none")
+        model = load_base_model(encoder, dtype=getattr(torch, dtype) if dtype else None, quantization=quantization,
+                                device_map={"": str(device)} if quantized and device is not None else None)
     if tokenizer is None:
         tokenizer = load_tokenizer(encoder)
-    model_id = model_fingerprint(model, encoder if loaded_by_name else None)
+    model_id = model_fingerprint(model, encoder if loaded_by_name else None, quantization)
     key = encoding_cache_key(model_id, dataset.name, config.pooling, config.max_length, item_ids, texts)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     path = cache_dir / f"{key}.npz"
@@ -555,6 +562,7 @@ def retrieve(
     *,
     encoder: str = "embedded",
     dtype: Optional[str] = None,
+    quantization: Optional[str] = None,
     device=None,
     progress: bool = True,
     model=None,
@@ -565,20 +573,23 @@ def retrieve(
     """Long and short histories for ``sample_ids`` (default: every sample of the dataset).
 
     ``vectors`` (n_items, d) skips encoding and PCA (they must be unit vectors in the items table's order); otherwise
-    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``encoder`` (a model name, in ``dtype``).
+    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``encoder`` (a model name, in ``dtype``, quantized when ``quantization`` says so).
     """
     config = config or RetrievalConfig()
     ids = dataset.sample_ids() if sample_ids is None else np.unique(np.asarray(sample_ids, dtype=np.int64))
     rows = dataset.rows_for(ids)
     metadata = {"config": config.to_dict(), "encoder": encoder if config.mode == "semantic" else None,
                 "dtype": dtype, "dataset": dataset.name, "samples": int(len(ids))}
+    if quantization not in (None, "none"):
+        metadata["quantization"] = quantization
     if config.mode == "recent":
         started = time.perf_counter()
         long, short = recent_k(dataset.user_offsets, dataset.history_end, rows, config.k_long, config.k_short)
         metadata["retrieval_seconds"] = time.perf_counter() - started
     else:
         if vectors is None:
-            encodings = encode_items(dataset, config, encoder=encoder, dtype=dtype, device=device, progress=progress,
+            encodings = encode_items(dataset, config, encoder=encoder, dtype=dtype, quantization=quantization,
+                                     device=device, progress=progress,
                                      model=model, tokenizer=tokenizer)
             vectors, pca = reduce_and_normalize(encodings.vectors, config.pca_dim)
             metadata.update({"encoding": {key: value for key, value in encodings.metadata.items()},

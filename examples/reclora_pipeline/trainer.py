@@ -28,12 +28,15 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-from peft import get_peft_model
+from peft import get_peft_model, prepare_model_for_kbit_training
 from safetensors import safe_open
 from torch.utils.data import Dataset
 from transformers import set_seed
 
+from peft_reclora.adapter_folder import WEIGHTS_FILES, check_adapter_folder
+
 from .config import RESERVED_TRAINING_KEYS, SEED_RANGE
+from .llm import is_quantized
 from .scoring import AnswerTokens, left_pad
 from .stages import Runtime
 from .tracking import tracker_names
@@ -50,7 +53,6 @@ OLDER_TRAINING_NAMES = {"activation_checkpointing": "gradient_checkpointing",
                         "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
 ADAPTER_DIR = "adapter"  # where train_adapter saves the final adapter, under its output folder
 # The weights file of a saved PEFT adapter: safetensors (what PEFT writes by default), or PyTorch's pickle format.
-ADAPTER_WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 @dataclass(frozen=True)
@@ -67,16 +69,18 @@ class AdapterTraining:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
+    @property
+    def checkpoints_activations(self) -> bool:
+        """Whether training recomputes activations in the backward pass (``activation_checkpointing``, or its name
+        before transformers 5.23, ``gradient_checkpointing``)."""
+        return any(bool(self.arguments.get(name)) for name in ("activation_checkpointing", "gradient_checkpointing"))
+
 
 def adapter_weights_file(adapter_dir: Path) -> Path:
-    """The weights file of the PEFT adapter saved in ``adapter_dir``; an error names the folder and the file it
-    lacks, before anything is loaded (PEFT's own error would name neither)."""
-    adapter_dir = Path(adapter_dir)
-    for name in ADAPTER_WEIGHTS_NAMES:
-        if (adapter_dir / name).is_file():
-            return adapter_dir / name
-    raise FileNotFoundError(f"adapter: {adapter_dir} has no weights file ({' or '.join(ADAPTER_WEIGHTS_NAMES)}); "
-                            "it is not a finished adapter folder")
+    """The weights file of the PEFT adapter saved in ``adapter_dir``, checked before anything is loaded
+    (``peft_reclora.check_adapter_folder`` names the folder and the file it lacks; PEFT's own error would not)."""
+    check_adapter_folder(adapter_dir)
+    return next(Path(adapter_dir) / name for name in WEIGHTS_FILES if (Path(adapter_dir) / name).is_file())
 
 
 class AnswerTokenDataset(Dataset):
@@ -173,8 +177,12 @@ def _answer_token_trainer_class():
     return AnswerTokenTrainer
 
 
-def build_peft_model(base_model, peft_config):
-    """``get_peft_model`` with the method's config (RecLoraConfig or LoraConfig)."""
+def build_peft_model(base_model, peft_config, *, gradient_checkpointing: bool = False):
+    """``get_peft_model`` with the method's config (RecLoRA or LoRA). A quantized (bitsandbytes) base is first
+    prepared as PEFT prescribes for k-bit training (``prepare_model_for_kbit_training``: frozen base, fp32 norms and
+    embeddings, input gradients for checkpointing, which it enables when ``gradient_checkpointing``)."""
+    if is_quantized(base_model):
+        base_model = prepare_model_for_kbit_training(base_model, use_gradient_checkpointing=gradient_checkpointing)
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing for the user to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(base_model, peft_config)

@@ -92,6 +92,13 @@ def public_model_id(base_model: str) -> Optional[str]:
     return text
 
 
+
+def quantized_note(record) -> str:
+    """How a quantized base was loaded in training (and is loaded again by the recommender), or nothing."""
+    quantization = record.config.llm.quantization
+    return "" if quantization == "none" else f", {quantization} (bitsandbytes)"
+
+
 def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, example: Optional[dict] = None) -> str:
     """``README.md`` of a published recommender: metadata, metrics, dataset and split, parts, usage."""
     config = record.config
@@ -116,7 +123,7 @@ def model_card(record, adapter_config: dict, repo_id: Optional[str] = None, exam
         "## Parts", "",
         "| part | setting |", "|---|---|",
         f"| base model | `{base_id or base}`{'' if base == base_id else f' (loaded as `{base}`)'}, trained in "
-        f"{record.trained_dtype} on the content `{record.lineage.base_model_identity}` |",
+        f"{record.trained_dtype}{quantized_note(record)} on the content `{record.lineage.base_model_identity}` |",
         f"| adapter | RecLoRA, N_m {adapter_config.get('num_meta_loras')} meta-LoRAs of rank "
         f"{adapter_config.get('r')}, "
         f"lora_alpha {adapter_config.get('lora_alpha')}, gate hidden {adapter_config.get('gate_hidden_dim')}, mixing "

@@ -227,9 +227,15 @@ class RecLoraRecommender:
                 f"{trained.yes_token_id}/{trained.no_token_id}; this is not the base model it was trained on")
         adapter_weights_file(self.adapter_dir)  # before the base LLM is loaded
         dtype = self.dtype or self.record.trained_dtype
-        base = load_base_model(self.base_model, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        quantization = self.record.config.llm.quantization  # loaded as it was tuned and scored
+        if quantization == "none":
+            base = load_base_model(self.base_model, dtype=dtype).to(self.device)
+        else:
+            base = load_base_model(self.base_model, dtype=dtype, quantization=quantization,
+                                   device_map={"": str(self.device)})
         base.config.pad_token_id = tokenizer.pad_token_id  # as the pipeline scores
-        model = load_adapter(base.to(self.device), self.adapter_dir)
+        model = load_adapter(base, self.adapter_dir)
         self.tokenizer, self.formatter, self.answers, self.model = tokenizer, formatter, answers, model
         return self
 

@@ -23,10 +23,10 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..artifacts import StageInputs
+from ..artifacts import StageInputs, omitted_when_none
 from ..config import LlmConfig
 from ..distributed import Processes
-from ..llm import dtype_name, resolve_dtype
+from ..llm import dtype_name, load_base_model, resolve_dtype
 from ..model_identity import base_model_identity
 from ..tracking import Trackers
 
@@ -67,15 +67,26 @@ def device_kind() -> str:
 @dataclass(frozen=True)
 class LlmInputs(StageInputs):
     """The base LLM as the stages that load it read it: its name (to load it), its content identity (what it
-    computes: other weights at the same path are another model) and its dtype as loaded."""
+    computes: other weights at the same path are another model), its dtype as loaded (a quantized base's compute
+    dtype) and its bitsandbytes quantization (absent for an unquantized base, so those keys are unchanged)."""
 
     base_model: str
     identity: str
     dtype: str
+    quantization: Optional[str] = omitted_when_none()
 
     @classmethod
     def of(cls, llm: LlmConfig) -> "LlmInputs":
-        return cls(llm.base_model, base_model_identity(llm.base_model), dtype_name(resolve_dtype(llm.dtype)))
+        return cls(llm.base_model, base_model_identity(llm.base_model), dtype_name(resolve_dtype(llm.dtype)),
+                   None if llm.quantization == "none" else llm.quantization)
+
+    def load(self, device: str):
+        """The base LLM on ``device``: an unquantized base is moved there, a quantized one is loaded there
+        (bitsandbytes weights cannot move after loading), so each process of a multi-GPU run holds its own copy."""
+        if self.quantization is None:
+            return load_base_model(self.base_model, dtype=self.torch_dtype).to(device)
+        return load_base_model(self.base_model, dtype=self.torch_dtype, quantization=self.quantization,
+                               device_map={"": str(device)})
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -45,7 +45,8 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
     def build(staging: Path) -> dict:
         folder.log(f"retrieval ({settings.mode}): K_long {settings.k_long}, K_short {settings.k_short}")
         result = retrieve(dataset, settings, encoder="embedded" if encoder is None else encoder.base_model,
-                          dtype=None if encoder is None else encoder.dtype, device=runtime.device,
+                          dtype=None if encoder is None else encoder.dtype,
+                          quantization=None if encoder is None else encoder.quantization, device=runtime.device,
                           progress=runtime.show_progress)
         if runtime.processes.main:
             result.save(staging)

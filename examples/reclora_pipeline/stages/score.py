@@ -19,7 +19,7 @@ from ..artifacts import RunFolder, StageInputs, StageNode, cached, omitted_when_
 from ..config import EvalConfig, PromptConfig
 from ..crm import RcTable, predict_crm
 from ..data import RecDataset
-from ..llm import load_adapter, load_base_model, load_tokenizer
+from ..llm import load_adapter, load_tokenizer
 from ..metrics import ctr_metrics
 from ..retriever import RetrievalResult
 from ..sampling import load_index_file, save_index_file, seeded_sample
@@ -162,8 +162,7 @@ def score_llm(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval
             adapter_weights_file(adapter_dir)  # before the base LLM is loaded
         tokenizer = load_tokenizer(inputs.llm.base_model)
         formatter = PromptFormatter.from_config(tokenizer, inputs.prompt)
-        model = load_base_model(inputs.llm.base_model, dtype=inputs.llm.torch_dtype)
-        model.to(runtime.device)
+        model = inputs.llm.load(runtime.device)
         model.config.pad_token_id = tokenizer.pad_token_id
         if adapter_dir is not None:
             model = load_adapter(model, adapter_dir)

@@ -21,7 +21,7 @@ from ..artifacts import RunFolder, StageInputs, StageNode, cached, canonical, om
 from ..config import PromptConfig, RunConfig
 from ..crm import RcTable
 from ..data import RecDataset
-from ..llm import load_base_model, load_tokenizer
+from ..llm import load_tokenizer
 from ..methods import Method
 from ..retriever import RetrievalResult
 from ..sampling import load_index_file, save_index_file, seeded_sample
@@ -110,7 +110,7 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
         formatter = PromptFormatter.from_config(tokenizer, inputs.prompt)
         # TrainingArguments' own default seed, which the Trainer uses when tune.training sets none.
         seed_everything(int(inputs.training.get("seed", training_default("seed"))))
-        base = load_base_model(inputs.llm.base_model, dtype=inputs.llm.torch_dtype).to(runtime.device)
+        base = inputs.llm.load(runtime.device)
         base.config.pad_token_id = tokenizer.pad_token_id
         train_ids = seeded_sample(dataset.sample_ids("train"), inputs.few_shot, inputs.few_shot_seed, what="few-shot")
         if runtime.processes.main:
@@ -123,7 +123,8 @@ def run(folder: RunFolder, node: StageNode, dataset: RecDataset, retrieval: Retr
                    f"(positive rate {view.label.mean():.2f})")
         train_set = AnswerTokenDataset(train_ids, token_ids, [formatter.answer_id(label) for label in view.label],
                                        crm_embeds)
-        peft_model = build_peft_model(base, peft_config_of(inputs.peft, rc))
+        peft_model = build_peft_model(base, peft_config_of(inputs.peft, rc),
+                                      gradient_checkpointing=inputs.adapter_training.checkpoints_activations)
         trainable, total = peft_model.get_nb_trainable_parameters()
         folder.log(f"trainable parameters: {trainable:,} of {total:,}")
         resume = None  # the main process decides (and removes incomplete checkpoints), the others follow
