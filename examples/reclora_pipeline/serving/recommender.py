@@ -543,15 +543,15 @@ def read_adapter_config(path: Path) -> dict:
 
 def run_adapter_differences(adapter_config: dict, record: RecommenderRecord) -> list:
     """The adapter settings the run's config fixes for this model (the ``tune.adapter`` keys its method passes to
-    PEFT, and crm_dim) that ``adapter_config`` contradicts. Unset keys are not compared: their defaults belong to the
+    PEFT) that ``adapter_config`` contradicts (the R_c width is checked once, against the CRM, in
+    :func:`check_parts`). Unset keys are not compared: their defaults belong to the
     PEFT version that trained the adapter, not to the one reading it."""
     config = record.config
     methods = [method for method in models_of(config) if method.label(config) == record.model.name]
     if not methods:
         return []
     expected = keyword_arguments(methods[0].adapter_settings(config), peft_reclora.RecLoraConfig)
-    expected["crm_dim"] = config.crm.model.crm_dim
-    labels = {"num_meta_loras": "num_meta_loras (N_m)", "r": "r (rank)", "crm_dim": "crm_dim (R_c width)"}
+    labels = {"num_meta_loras": "num_meta_loras (N_m)", "r": "r (rank)"}
     return [f"{labels.get(key, key)} is {adapter_config[key]!r}, the run's config gives {value!r}"
             for key, value in expected.items()
             if key in adapter_config and _comparable(adapter_config[key]) != _comparable(value)]
@@ -623,7 +623,7 @@ def check_parts(parts: RecommenderParts, adapter_config: dict):
         raise ValueError(f"item vectors: {ITEM_VECTORS_NAME} are not the vectors of the run's semantic retrieval "
                          f"({', '.join(f'{mode} {key[:16]}' for mode, key in lineage.retrieval_keys.items())}); "
                          "histories would be picked differently")
-    crm = load_crm(parts.crm_dir, expected_schema=expected, expected_crm_dim=int(adapter_config["crm_dim"]))
+    crm = load_crm(parts.crm_dir, expected_schema=expected)  # its R_c width was compared with the gate's above
     if crm_fingerprint(crm) != lineage.crm_fingerprint:
         raise ValueError(f"CRM: {parts.crm_dir} is not the CRM the adapter was trained with (its weights or config "
                          f"differ from the CRM of crm artifact {record.lineage.crm_key[:16]}); the gate would read "
