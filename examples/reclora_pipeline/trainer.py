@@ -271,7 +271,8 @@ def training_value_problem(key: str, value, hint) -> Optional[str]:
     if hint is bool:
         return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
     if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and isinstance(value, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                hint is int and isinstance(value, float)):
             kind = "an integer" if hint is int else "a number"
             return f"expected {kind}, got {value!r}" + (" (a string: write the number unquoted)"
                                                         if isinstance(value, str) else "")
@@ -300,7 +301,8 @@ def training_arguments_problem(training: Mapping) -> Optional[str]:
             return f"{key} cannot be set: {RESERVED_TRAINING_KEYS[key]}"
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
-            return f"{key!r} is not a TrainingArguments field" + (f"; did you mean {', '.join(close)}?" if close else "")
+            suggestion = f"; did you mean {', '.join(close)}?" if close else ""
+            return f"{key!r} is not a TrainingArguments field{suggestion}"
     hints = typing.get_type_hints(TrainingArguments)
     for key, value in installed_training_keys(training).items():
         problem = training_value_problem(key, value, hints[key])

@@ -164,7 +164,7 @@ class RecLoraRecommender:
         return cls(read_parts(folder), base_model=base_model, device=device, dtype=dtype,
                    allow_other_base_model=allow_other_base_model)
 
-    # -- saving and publishing -----------------------------------------------------------------------------------------
+    # -- saving and publishing ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Union[str, Path], repo_id: Optional[str] = None) -> Path:
         """Write the publishable folder (see the module docstring); ``repo_id`` goes into the model card's snippet."""
         directory = Path(directory)
@@ -267,7 +267,8 @@ class RecLoraRecommender:
         pairs, oldest first) and optionally ``profile``; see ``serving/requests.py`` for users and items outside the
         catalog.
         """
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer (or None: eval.batch_size), got {batch_size!r}")
         view = self.view(requests)
         self.load_model()
@@ -313,7 +314,7 @@ def vectors_digest(vectors: np.ndarray) -> str:
     return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
 
 
-# -- from a run --------------------------------------------------------------------------------------------------------
+# -- from a run -------------------------------------------------------------------------------------------------------
 def parts_of_run(run_dir, model: str, base_model: Optional[str]) -> RecommenderParts:
     """The parts of model ``model`` of the last finished run of ``run_dir``: found through the stage keys its entry in
     results.json names, and checked to belong together."""
@@ -366,8 +367,8 @@ def _parts_of_run(folder: RunFolder, model: str, base_model: Optional[str]) -> R
     if "semantic" in (short, long):
         semantic = histories["semantic"]
         if semantic.item_vectors is None:
-            raise FileNotFoundError("item vectors: the semantic retrieval of this run has no item_vectors.safetensors; "
-                                    "they are needed to retrieve histories of new requests")
+            raise FileNotFoundError("item vectors: the semantic retrieval of this run has no "
+                                    "item_vectors.safetensors; they are needed to retrieve histories of new requests")
         item_vectors = semantic.item_vectors
         pca = {key: value for key, value in (semantic.metadata.get("pca") or {}).items() if key != "pca_dim"}
         retriever = RetrieverSummary(vector_dim=int(item_vectors.shape[1]), pca=pca,  # pca_dim is vector_dim
@@ -420,7 +421,7 @@ def dataset_summary(dataset: RecDataset) -> DatasetSummary:
                           time_range=dict(stats.get("time_range") or {}))
 
 
-# -- the folder --------------------------------------------------------------------------------------------------------
+# -- the folder -------------------------------------------------------------------------------------------------------
 def required_files(record: Optional[RecommenderRecord] = None) -> dict:
     """Part name -> path inside the folder (item vectors only when a history mode is semantic)."""
     files = {
@@ -480,7 +481,7 @@ def read_parts(folder: Path) -> RecommenderParts:
     )
 
 
-# -- checks ------------------------------------------------------------------------------------------------------------
+# -- checks -----------------------------------------------------------------------------------------------------------
 def check_adapter(adapter_dir: Path, record: RecommenderRecord) -> dict:
     """Read the adapter config and its weights' shapes (header only), check them against each other and the weights
     against the adapter the run trained; returns the adapter config."""
@@ -614,8 +615,8 @@ def check_parts(parts: RecommenderParts, adapter_config: dict):
                          item_field=len(spec.user_fields), history_length=k_long)
     lineage = record.lineage
     if vocabulary_digest(vocabulary) != lineage.vocabulary_sha256:
-        raise ValueError(f"vocabulary: {VOCABULARY_NAME} is not the token layout the CRM was trained with (its values, "
-                         "their order or the ratings differ from the run's); the CRM would read other tokens")
+        raise ValueError(f"vocabulary: {VOCABULARY_NAME} is not the token layout the CRM was trained with (its "
+                         "values, their order or the ratings differ from the run's); the CRM would read other tokens")
     if catalog_digest(parts.users, parts.items) != lineage.catalog_sha256:
         raise ValueError(f"catalog: {CATALOG_DIR}/users.csv and items.csv are not the tables of the run (dataset "
                          f"{lineage.dataset_fingerprint[:16]}); prompts and features would differ from training")
