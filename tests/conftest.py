@@ -4,6 +4,7 @@ Fixtures only; the helpers they and the tests use live in ``tests/support``."""
 
 import os
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import peft_reclora  # noqa: E402,F401  (registers RecLoRA with PEFT)
+
 from support.tiny_models import TINY_VOCAB, make_tiny_llama  # noqa: E402
 
 

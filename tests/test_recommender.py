@@ -23,12 +23,15 @@ from reclora_pipeline.retriever import RetrievalResult
 from reclora_pipeline.serving import RecLoraRecommender, RecommenderRecord, Request
 from reclora_pipeline.stages.tune import TuneInputs
 from reclora_pipeline.views import FieldVocabulary, SampleView, ctr_features, text_records
+
 from support.pipeline_runs import fast_config
+
 
 MODEL = "RecLoRA"
 # Every history combination of a run: (model, prompt history, gate history).
 HISTORIES = [(MODEL, "semantic", "semantic"), ("RecLoRA w/o long retriever", "semantic", "recent"),
-             ("RecLoRA w/o short retriever", "recent", "semantic"), ("RecLoRA w/o both retrievers", "recent", "recent")]
+             ("RecLoRA w/o short retriever", "recent", "semantic"),
+             ("RecLoRA w/o both retrievers", "recent", "recent")]
 # The Hub id the published folder records for the run's local base model (``--base-model``); loading passes the
 # local copy back with ``base_model=``.
 HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -138,7 +141,7 @@ def recommender(saved_folder, tiny_run):
     return _CACHE["loaded"]
 
 
-# -- scores ------------------------------------------------------------------------------------------------------------
+# -- scores -----------------------------------------------------------------------------------------------------------
 def test_vocabulary_round_trips_through_json(tiny_run):
     vocabulary = FieldVocabulary.from_dataset(tiny_run.dataset)
     again = FieldVocabulary.from_json(json.loads(json.dumps(vocabulary.to_json())))
@@ -230,7 +233,7 @@ def test_the_gate_reads_the_crm(tiny_run, recommender, other_run):
     assert np.abs(wrong.score(tiny_run.requests) - scores).max() > 100 * ATOL
 
 
-# -- users and items outside the catalog -------------------------------------------------------------------------------
+# -- users and items outside the catalog ------------------------------------------------------------------------------
 def test_other_users_new_users_and_short_histories(tiny_run, recommender):
     """Another user with the same history and target gets another R_c and profile, so another score; a user outside
     the catalog scores from a profile; a history of one or no items scores too."""
@@ -331,7 +334,7 @@ def test_no_history_is_an_empty_history_and_batch_sizes_below_one_are_refused(re
             recommender.score(requests, batch_size=batch_size)
 
 
-# -- the folder --------------------------------------------------------------------------------------------------------
+# -- the folder -------------------------------------------------------------------------------------------------------
 def _results(root: Path) -> dict:
     return json.loads((Path(root) / "results.json").read_text())
 
@@ -386,11 +389,14 @@ def test_folder_holds_every_part_and_no_pickle(saved_folder, tiny_run):
 
 def test_the_record_names_the_artifacts_it_was_built_from(saved_folder, tiny_run):
     """The lineage holds the stage keys the run's results name for the model, and digests of the parts."""
-    from reclora_pipeline.crm import crm_fingerprint, load_crm
     from reclora_pipeline.artifacts import sha256_of_file as sha256_of
+    from reclora_pipeline.crm import crm_fingerprint, load_crm
     from reclora_pipeline.model_identity import base_model_identity
     from reclora_pipeline.serving.recommender import (
-        adapter_config_digest, catalog_digest, vectors_digest, vocabulary_digest,
+        adapter_config_digest,
+        catalog_digest,
+        vectors_digest,
+        vocabulary_digest,
     )
 
     lineage = json.loads((saved_folder / "recommender.json").read_text())["lineage"]
@@ -454,6 +460,7 @@ def _other_num_meta_loras(folder: Path) -> None:
     from peft import get_peft_model
 
     import peft_reclora
+
     from support.tiny_models import make_tiny_llama  # the run's tiny Llama has the same attention shapes
 
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -514,7 +521,8 @@ BROKEN_PARTS = {
     "adapter crm_dim": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(crm_dim=8)),
                         r"crm_dim: the gate .* reads 16 inputs"),
     "adapter weights changed": (_perturb_adapter, "adapter: .* is not the adapter this recommender was made with"),
-    "adapter temperature edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(temperature=3.0)),
+    "adapter temperature edited": (lambda f: _edit_json(f / "adapter_config.json",
+                                                        lambda c: c.update(temperature=3.0)),
                                    "adapter config: .* a setting in it was changed"),
     "adapter mixing edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(mixing="weights")),
                               "adapter config: .* a setting in it was changed"),
@@ -552,14 +560,16 @@ BROKEN_PARTS = {
     "record config": (lambda f: _edit_json(f / "recommender.json", lambda c: c["config"]["crm"].update(nme="sim")),
                       "'config' is not a run config"),
     "record deleted": (lambda f: (f / "recommender.json").unlink(), "recommender config"),
-    "record trained_dtype": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype="manual_seed")),
+    "record trained_dtype": (lambda f: _edit_json(f / "recommender.json",
+                                                  lambda c: c.update(trained_dtype="manual_seed")),
                              "recommender.json trained_dtype must be one of float32, bfloat16, float16, got "
                              "'manual_seed'"),
     "record trained_dtype null": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype=None)),
                                   "recommender.json trained_dtype must be one of .* got None"),
     "record typed entry": (lambda f: _edit_json(f / "recommender.json", lambda c: c["answer_tokens"].update(
         yes_token_id="5")), "recommender.json answer_tokens.yes_token_id must be an integer, got '5'"),
-    "record format version text": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(format_version="x")),
+    "record format version text": (lambda f: _edit_json(f / "recommender.json",
+                                                        lambda c: c.update(format_version="x")),
                                    "recommender.json has format_version x"),
     "crm config truncated": (lambda f: (f / "crm" / "crm_config.json").write_text(
         (f / "crm" / "crm_config.json").read_text()[:40]), r"crm_config.json is not valid JSON"),
@@ -609,7 +619,7 @@ def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, 
         recommender.load_model()
 
 
-# -- parts of another run ----------------------------------------------------------------------------------------------
+# -- parts of another run ---------------------------------------------------------------------------------------------
 def test_a_crm_of_another_run_is_refused(saved_folder, other_run, tmp_path):
     """The other run (another CRM seed) publishes fine on its own; its CRM in this folder is refused, as its adapter
     is: the gate would read another R_c than it was trained on."""
