@@ -8,17 +8,14 @@ from importlib import metadata
 
 import pytest
 from peft import mapping
-from test_recommender import (  # noqa: F401  (shared session fixtures: one pipeline run for several files)
-    MODEL,
-    saved_folder,
-    tiny_run,
-)
 
 import peft_reclora
 from reclora_pipeline.config import RunConfig
 from reclora_pipeline.provenance import RECORDED_PACKAGES, run_provenance
 from reclora_pipeline.serving import RecLoraRecommender
 from reclora_pipeline.stages.data import source_folder
+
+from support.recommender_run import MODEL
 
 
 def _expected_versions() -> dict:

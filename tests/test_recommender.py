@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,131 +13,32 @@ import pandas as pd
 import pytest
 import torch
 
-from reclora_pipeline.artifacts import RunFolder, safe_name
-from reclora_pipeline.config import RunConfig
-from reclora_pipeline.data import RecDataset
+from reclora_pipeline.artifacts import RunFolder
 from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
-from reclora_pipeline.retriever import RetrievalResult
 from reclora_pipeline.serving import RecLoraRecommender, RecommenderRecord, Request
 from reclora_pipeline.stages.tune import TuneInputs
 from reclora_pipeline.views import FieldVocabulary, SampleView, ctr_features, text_records
 
-from support.pipeline_runs import fast_config
+from support.recommender_run import ATOL, HUB_BASE_MODEL, MODEL, tiny_config
 
 
-MODEL = "RecLoRA"
 # Every history combination of a run: (model, prompt history, gate history).
 HISTORIES = [(MODEL, "semantic", "semantic"), ("RecLoRA w/o long retriever", "semantic", "recent"),
              ("RecLoRA w/o short retriever", "recent", "semantic"),
              ("RecLoRA w/o both retrievers", "recent", "recent")]
-# The Hub id the published folder records for the run's local base model (``--base-model``); loading passes the
-# local copy back with ``base_model=``.
-HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-ATOL = 1e-6  # same code, same batches: the run's float64 scores are met to float32 rounding
-_CACHE = {}  # the session's run and folders, shared with test_publish.py (which imports these fixtures)
-
-
-@dataclass
-class TinyRun:
-    """A finished pipeline run on the tiny Llama, with the test samples its models scored."""
-
-    root: Path
-    config: RunConfig
-    base_model: str
-    dataset: RecDataset
-    sample_ids: np.ndarray
-    requests: list  # one request per test sample: its user, target and every earlier interaction
-
-    @property
-    def scores(self) -> np.ndarray:
-        """RecLoRA's float64 scores, from its score artifact."""
-        return self.model_scores(MODEL)
-
-    def retrieval(self, mode: str) -> RetrievalResult:
-        return RetrievalResult.load(RunFolder(self.root).artifact("retrieval", plan_run(self.config)
-                                                                  .retrievals[mode].key).path, self.dataset)
-
-    def results(self) -> dict:
-        return json.loads((self.root / "results.json").read_text())
-
-    def model_scores(self, model: str) -> np.ndarray:
-        key = self.results()["models"][model]["stages"]["score"]
-        return np.load(RunFolder(self.root).artifact("score", key).path / "scores.npy")
-
-    def predictions(self, model: str) -> pd.DataFrame:
-        return pd.read_csv(self.root / "predictions" / f"{safe_name(model)}.csv",
-                           dtype={"user_id": str, "item_id": str})
-
-
-def tiny_config(out: Path, base_model: str, cache: Path, **changes) -> RunConfig:
-    """Semantic retrieval on the tiny Llama, RecLoRA with its ablations and a LoRA, 24 test samples; the high learning
-    rate makes the gate move away from uniform, so R_c (and a wrong CRM) changes the scores."""
-    settings = dict(retrieval__mode="semantic", retrieval__pca_dim=16, retrieval__cache_dir=str(cache),
-                    models=["reclora", "ablations", "lora"], eval__test_samples=24,
-                    tune__training__learning_rate=5e-2)
-    return fast_config(out, base_model, **{**settings, **changes})
-
-
-def requests_of(dataset: RecDataset, sample_ids) -> list:
-    """Requests of the given samples: user, item, and every earlier interaction with its rating, oldest first."""
-    samples = dataset.samples.set_index("sample_id")
-    requests = []
-    for sample, items, ratings, _ in dataset.history(sample_ids):
-        history = [(item, int(rating)) for item, rating in zip(items, ratings)]
-        requests.append({"user_id": str(samples.at[sample, "user_id"]), "item_id": str(samples.at[sample, "item_id"]),
-                         "history": history})
-    return requests
-
-
-def build_tiny_run(root: Path, base_model: str) -> TinyRun:
-    config = tiny_config(root / "run", base_model, root / "encodings")
-    run_pipeline(config)
-    folder = RunFolder(config.out)
-    dataset = RecDataset.load(folder.artifact("data", plan_run(config).data.key).path)
-    sample_ids = np.asarray(json.loads((folder.root / "eval_samples.json").read_text())["sample_ids"])
-    return TinyRun(folder.root, config, base_model, dataset, sample_ids, requests_of(dataset, sample_ids))
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_base_model):
-    if "run" not in _CACHE:
-        _CACHE["run"] = build_tiny_run(tmp_path_factory.mktemp("tiny-run"), tiny_base_model)
-    return _CACHE["run"]
 
 
 @pytest.fixture(scope="session")
 def other_run(tiny_run, tmp_path_factory):
     """The same run with another CRM seed, in a copy of its folder: the data and retrieval are reused, the CRM, R_c
     and RecLoRA adapter are new (the copy keeps the first run's artifacts too)."""
-    if "other" not in _CACHE:
-        root = tmp_path_factory.mktemp("other-run") / "run"
-        shutil.copytree(tiny_run.root, root)
-        config = tiny_config(root, tiny_run.base_model, Path(tiny_run.config.retrieval.cache_dir),
-                             models=["reclora"], crm__training__seed=7)
-        run_pipeline(config)
-        _CACHE["other"] = root
-    return _CACHE["other"]
-
-
-@pytest.fixture(scope="session")
-def saved_folder(tiny_run, tmp_path_factory):
-    """The folder ``save_pretrained`` writes for the run's RecLoRA model."""
-    if "saved" not in _CACHE:
-        folder = tmp_path_factory.mktemp("published") / "recommender"
-        RecLoraRecommender.from_run(tiny_run.root, model=MODEL, base_model=HUB_BASE_MODEL,
-                                    device="cpu").save_pretrained(folder)
-        _CACHE["saved"] = folder
-    return _CACHE["saved"]
-
-
-@pytest.fixture(scope="session")
-def recommender(saved_folder, tiny_run):
-    """The saved recommender loaded back on the local copy of its base model (the LLM loads on the first score)."""
-    if "loaded" not in _CACHE:
-        _CACHE["loaded"] = RecLoraRecommender.from_pretrained(saved_folder, base_model=tiny_run.base_model,
-                                                              device="cpu")
-    return _CACHE["loaded"]
+    root = tmp_path_factory.mktemp("other-run") / "run"
+    shutil.copytree(tiny_run.root, root)
+    config = tiny_config(root, tiny_run.base_model, Path(tiny_run.config.retrieval.cache_dir),
+                         models=["reclora"], crm__training__seed=7)
+    run_pipeline(config)
+    return root
 
 
 # -- scores -----------------------------------------------------------------------------------------------------------
