@@ -18,6 +18,7 @@ from peft import PeftModel, get_peft_model
 import peft_reclora
 from reclora_pipeline.llm import load_base_model, load_tokenizer
 
+
 PROMPTS = [
     "The user is a female. Her job is writer. She watched Antz (1998) (4 stars) and Titanic (1997) (5 stars). "
     "Will she like Sense and Sensibility (1995)? Answer with Yes or No.\nAnswer:",
@@ -55,7 +56,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     tokenizer = load_tokenizer(args.model)
     base = load_base_model(args.model)
-    print(f"loaded {base.config.model_type} with {base.num_parameters():,} parameters in {time.perf_counter() - start:.1f}s")
+    print(f"loaded {base.config.model_type} with {base.num_parameters():,} parameters "
+          f"in {time.perf_counter() - start:.1f}s")
 
     config = peft_reclora.RecLoraConfig(crm_dim=CRM_DIM, r=8, lora_alpha=16, num_meta_loras=16)
     model = get_peft_model(base, config)

@@ -1,4 +1,5 @@
-"""``target_modules=None`` adapts every causal LM architecture PEFT's LoRA maps, including fused and Conv1D projections."""
+"""``target_modules=None`` adapts every causal LM architecture PEFT's LoRA maps, including fused and Conv1D
+projections."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from peft_reclora.layer import RecLoraLayer
 from peft_reclora.model import default_target_modules
 
 from support.tiny_models import TINY_VOCAB, reclora_config
+
 
 COMMON = dict(vocab_size=TINY_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 DECODER = dict(COMMON, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -23,7 +25,8 @@ ARCHITECTURES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(DECODER, head_dim=8), {"q_proj", "v_proj"}),
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(DECODER, head_dim=8), {"q_proj", "v_proj"}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(DECODER, num_key_value_heads=2), {"qkv_proj"}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(COMMON, n_embd=16, n_layer=2, n_head=2, n_positions=64), {"c_attn"}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(COMMON, n_embd=16, n_layer=2, n_head=2, n_positions=64),
+             {"c_attn"}),
     "opt": ("OPTConfig", "OPTForCausalLM", dict(COMMON, hidden_size=16, ffn_dim=32, num_hidden_layers=2,
                                                num_attention_heads=2, max_position_embeddings=64,
                                                word_embed_proj_dim=16), {"q_proj", "v_proj"}),
@@ -116,7 +119,8 @@ def test_save_load_round_trip_and_generate(model_type, tmp_path):
 
 
 def test_the_conv1d_adapter_is_x_a_b_whatever_the_weight_layout():
-    """GPT-2's Conv1D stores its weight (d_in, d_out); the adapter term must still be scaling * sum_k a_k x A_k^T B_k^T."""
+    """GPT-2's Conv1D stores its weight (d_in, d_out); the adapter term must still be
+    scaling * sum_k a_k x A_k^T B_k^T."""
     model = make_reclora("gpt2")
     name, layer = next(iter(model.base_model.reclora_layers("default").items()))
     x = torch.randn(2, 3, 16)

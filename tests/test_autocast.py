@@ -10,14 +10,13 @@ import copy
 
 import pytest
 import torch
+from peft import get_peft_model
 from torch import nn
 
-from peft import get_peft_model
-
-from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference
-from peft_reclora.ops import triton_kernels
+from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference, triton_kernels
 
 from support.tiny_models import TokenSamples, make_tiny_llama, reclora_config
+
 
 requires_triton = pytest.mark.skipif(triton_kernels.triton is None, reason="triton is not installed")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -101,7 +100,8 @@ def _check_under_autocast(backend, weights_dtype, autocast_dtype, base, mixing, 
     assert out.dtype == autocast_dtype  # as nn.Linear's output under autocast
 
     exact = {name: value.detach().double().requires_grad_() for name, value in tensors.items()}
-    want = meta_lora_reference(exact["x"], exact["lora_A"], exact["lora_B"], exact["gate"], 2.0, num_meta_loras, mixing)
+    want = meta_lora_reference(exact["x"], exact["lora_A"], exact["lora_B"], exact["gate"], 2.0, num_meta_loras,
+                               mixing)
     if "base_weight" in exact:
         want = want + nn.functional.linear(exact["x"], exact["base_weight"], exact["base_bias"])
     else:
@@ -153,7 +153,8 @@ def test_autocast_leaves_float64_inputs_alone(backend):
             tensors["x"], tensors["lora_A"], tensors["lora_B"], tensors["gate"], 2.0, num_meta_loras,
             base_weight=tensors["base_weight"], base_bias=tensors["base_bias"], backend=backend,
         )
-    want = meta_lora_reference(tensors["x"], tensors["lora_A"], tensors["lora_B"], tensors["gate"], 2.0, num_meta_loras)
+    want = meta_lora_reference(tensors["x"], tensors["lora_A"], tensors["lora_B"], tensors["gate"], 2.0,
+                               num_meta_loras)
     want = want + nn.functional.linear(tensors["x"], tensors["base_weight"], tensors["base_bias"])
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)

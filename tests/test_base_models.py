@@ -13,6 +13,7 @@ from reclora_pipeline import llm
 from reclora_pipeline.architecture import architecture_of
 from reclora_pipeline.model_identity import UnknownBaseModel, base_model_identity
 
+
 PROMPTS = [
     "The user watched Toy Story (1995) and GoldenEye (1995). Will they like Heat (1995)? Answer:",
     "The user rated Fargo (1996) with 5 stars. Will they like Scream (1996)? Answer:",
@@ -65,7 +66,8 @@ def test_a_gguf_path_converts_once_to_the_embedded_model(gguf_copy, smollm2_dir,
     assert folder.startswith(str(tmp_path / "cache")) and folder != str(smollm2_dir)
     assert torch.equal(logits_of(str(gguf_copy)), expected)
     # converted once, into a folder named by the file's content, with no staging leftovers beside it
-    converted = tmp_path / "cache" / (llm.CONVERTED_PREFIX + base_model_identity("embedded").removeprefix("sha256:")[:24])
+    converted = tmp_path / "cache" / (llm.CONVERTED_PREFIX
+                                      + base_model_identity("embedded").removeprefix("sha256:")[:24])
     assert folder == str(converted)
     assert not [path for path in converted.parent.iterdir() if path.name.startswith(".staging")]
     stamp = (converted / "model.safetensors").stat().st_mtime_ns

@@ -6,13 +6,13 @@ import threading
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
-
 from peft import get_peft_model
+from torch.overrides import TorchFunctionMode
 
 from peft_reclora.ops import BACKEND_ENV_VAR
 
 from support.tiny_models import TINY_VOCAB, make_tiny_llama, reclora_config
+
 
 USERS = 4
 ITERATIONS = 25
@@ -75,7 +75,8 @@ def test_threads_generating_at_once_each_follow_their_own_user(model, user_input
         start.wait()
         outputs = []
         for _ in range(5):
-            outputs.append(torch.stack(model.generate(input_ids=input_ids, crm_embeds=crms[user], **settings).logits, 1))
+            outputs.append(torch.stack(model.generate(input_ids=input_ids, crm_embeds=crms[user], **settings).logits,
+                                       1))
         results[user] = outputs
 
     def misbehave():  # a thread whose calls fail must not disturb the others

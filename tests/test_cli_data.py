@@ -8,9 +8,9 @@ import pytest
 
 from reclora_pipeline.cli import COMMANDS, build_parser, main
 from reclora_pipeline.data import RecDataset
-from support.synthetic_data import make_world, write_ml1m
 from reclora_pipeline.retriever import RetrievalResult
 
+from support.synthetic_data import make_world, write_ml1m
 from support.tiny_models import make_tiny_llama
 
 

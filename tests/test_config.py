@@ -5,7 +5,6 @@ import typing
 import warnings
 
 import pytest
-
 from peft import PeftConfig
 from peft.utils import PeftType
 

@@ -15,7 +15,9 @@ from reclora_pipeline.crm import (
     freeze_crm,
     precompute_crm_embeds,
 )
+
 from support.synthetic_features import make_synthetic_splits
+
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 24), dropout=0.5)
 

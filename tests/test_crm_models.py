@@ -13,7 +13,9 @@ from reclora_pipeline.crm import (
     train_crm,
 )
 from reclora_pipeline.crm.layers import left_align, masked_softmax
+
 from support.synthetic_features import make_synthetic_splits
+
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 24))
 

@@ -17,7 +17,9 @@ from reclora_pipeline.crm import (
     load_crm,
     save_crm,
 )
+
 from support.synthetic_features import make_synthetic_splits
+
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 24))
 

@@ -12,7 +12,9 @@ from reclora_pipeline.crm import (
     predict_crm,
     train_crm,
 )
+
 from support.synthetic_features import make_synthetic_splits
+
 
 SMALL = dict(embed_dim=16, hidden_dims=(32, 16))
 

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from reclora_pipeline.crm.inputs import CrmSchema, check_features
-from reclora_pipeline.data import RecDataset, ReadReport, load_dataset
+from reclora_pipeline.data import ReadReport, RecDataset, load_dataset
 from reclora_pipeline.data.movielens import ML_1M, ML_25M
 from reclora_pipeline.data.processing import k_core, process
 from reclora_pipeline.data.raw import RawData
 from reclora_pipeline.views import FieldVocabulary, build_ctr_features, build_prompt
+
 from support.synthetic_data import make_world, write_ml1m
 from support.text_views import text_record_of, text_records_of
 
@@ -193,7 +194,8 @@ def test_text_records_leave_pure_ids_out(ml1m_dataset):
     assert record.target_title in prompt and user["zip_code"] not in prompt
     # An explicit short history: any order in, oldest first out; an item the user had not rated before fails.
     chosen = list(dataset.history([sample_id]).item_id[:3])
-    assert [t for t, _ in text_record_of(dataset, sample_id, history_item_ids=chosen[::-1]).history] == [titles[i] for i in chosen]
+    assert [t for t, _ in text_record_of(dataset, sample_id, history_item_ids=chosen[::-1]).history] == \
+        [titles[i] for i in chosen]
     with pytest.raises(KeyError, match="not among the earlier interactions"):
         text_record_of(dataset, sample_id, history_item_ids=[sample["item_id"]])
     records = text_records_of(dataset, dataset.sample_ids("valid")[:3], k_short=2)

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from reclora_pipeline.data import DataFormatError, load_dataset, read_raw
+
 from support.synthetic_data import (
-    make_world, write_goodreads, write_ml1m, write_ml25m, write_ml100k_grouplens, write_ml100k_recbole,
+    make_world,
+    write_goodreads,
+    write_ml1m,
+    write_ml25m,
+    write_ml100k_grouplens,
+    write_ml100k_recbole,
 )
 from support.text_views import text_record_of
+
 
 RAW = dict(core=0, min_history=0)
 
@@ -38,11 +45,13 @@ def test_ml1m_reader(tmp_path, world):
     dataset = load_dataset("ml-1m", tmp_path, **RAW)
     _samples_match_world(dataset, world)
     item = dataset.items.set_index("item_id").loc["1"]
-    assert (item["title"], item["year"], item["genres"], item["genre"]) == ("Misérables, Les (1995)", "1995", "Drama|Musical", "Drama")
+    assert (item["title"], item["year"], item["genres"], item["genre"]) == ("Misérables, Les (1995)", "1995",
+                                                                            "Drama|Musical", "Drama")
     user = dataset.users.set_index("user_id").loc["1"]
     source = world.users.iloc[0]
     assert user["gender"] == source["gender"]
-    assert user["age"] == {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "above 56"}[source["age_code"]]
+    assert user["age"] == {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55",
+                           56: "above 56"}[source["age_code"]]
     assert user["zip_code"] == source["zip_code"]
     assert dataset.stats["rows_read"] == {"ratings.dat": len(world.ratings), "movies.dat": 50, "users.dat": 30}
     labels = dataset.samples["label"].to_numpy()
@@ -82,7 +91,8 @@ def test_ml100k_grouplens_reader(tmp_path, world):
     assert (items.loc["2", "title"], items.loc["2", "genre"]) == ("unknown", "unknown")
     assert (items.loc["3", "title"], items.loc["3", "genres"]) == ("Misérables, Les (1995)", "Drama")
     assert dataset.stats["values_unknown"] == {"title": 1, "year": 1, "genre": 1}
-    assert dataset.users.set_index("user_id").loc["1", "age"] in {"under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "above 56"}
+    assert dataset.users.set_index("user_id").loc["1", "age"] in {"under 18", "18-24", "25-34", "35-44", "45-49",
+                                                                  "50-55", "above 56"}
 
 
 def test_recbole_reader_handles_the_embedded_quirks(tmp_path, world):
@@ -95,8 +105,10 @@ def test_recbole_reader_handles_the_embedded_quirks(tmp_path, world):
     dataset = load_dataset("ml-100k", tmp_path, **RAW)
     items = dataset.items.set_index("item_id")
     assert items.loc["1", "title"] == "unknown"
-    assert (items.loc["2", "title"], items.loc["2", "year"]) == ("Land Before Time III: The Time of the Great Giving (1995)", "1995")
-    assert (items.loc["2", "genres"], items.loc["3", "title"]) == ("Animation|Children's", f"Movie 3 ({world.items.year[2]})")
+    assert (items.loc["2", "title"], items.loc["2", "year"]) == \
+        ("Land Before Time III: The Time of the Great Giving (1995)", "1995")
+    assert (items.loc["2", "genres"], items.loc["3", "title"]) == ("Animation|Children's",
+                                                                   f"Movie 3 ({world.items.year[2]})")
     stats = dataset.stats
     assert stats["values_repaired"] == {"year taken from the title": 1}
     assert stats["values_unknown"] == {"title": 1, "year": 1, "genre": 1}
@@ -209,11 +221,13 @@ def test_goodreads_bad_json_and_dates(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write("\n".join(lines) + "\n")
     raw = read_raw("goodreads", tmp_path, max_bad_fraction=0.5)
-    assert raw.report.rejected[path.name] == {"not valid JSON (JSONDecodeError)": 1, "date_updated 'yesterday' is not a date": 1}
+    assert raw.report.rejected[path.name] == {"not valid JSON (JSONDecodeError)": 1,
+                                              "date_updated 'yesterday' is not a date": 1}
     with pytest.raises(DataFormatError, match=r"goodreads_interactions_poetry\.json\.gz: 2 of .* line 3"):
         read_raw("goodreads", tmp_path, max_bad_fraction=0.001)
     # Another time field is read when asked for.
-    assert len(read_raw("goodreads", tmp_path, max_bad_fraction=0.5, time_field="date_added").interactions) == len(lines) - 1
+    assert len(read_raw("goodreads", tmp_path, max_bad_fraction=0.5, time_field="date_added").interactions) == \
+        len(lines) - 1
 
 
 def test_embedded_ml100k():

@@ -10,7 +10,6 @@ import textwrap
 import huggingface_hub
 import pytest
 import torch
-
 from peft import PeftModel, get_peft_model
 
 import peft_reclora

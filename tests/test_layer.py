@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
-
 from peft import get_peft_model
+from torch import nn
 
 from peft_reclora import RecLoraLayer
 from peft_reclora.ops import meta_lora_reference

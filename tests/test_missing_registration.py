@@ -11,6 +11,7 @@ from reclora_pipeline.llm import load_adapter
 
 from support.tiny_models import make_tiny_llama, reclora_config
 
+
 TABLES = ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING")
 
 

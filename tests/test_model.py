@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-
 from peft import get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -30,7 +29,8 @@ def test_adapter_changes_outputs_and_init_is_the_base(batch, task_type):
     other_user = dict(batch, crm_embeds=torch.randn_like(batch["crm_embeds"]))
     assert (model(**other_user).logits - logits).abs().max() > 1e-4, "the CRM must personalise the output"
     with model.disable_adapter():
-        torch.testing.assert_close(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, base_logits)
+        torch.testing.assert_close(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                   base_logits)
     torch.testing.assert_close(model(**batch).logits, logits)
 
 
@@ -112,7 +112,8 @@ def test_generate_conditions_every_cached_step(task_type):
     torch.testing.assert_close(torch.stack(out.logits, 1), expected_logits, rtol=1e-4, atol=1e-4)
     with model.disable_adapter():
         base = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
-    other = model.generate(input_ids=input_ids, crm_embeds=-3 * crm, max_new_tokens=4, do_sample=False, min_new_tokens=4, output_logits=True, return_dict_in_generate=True)
+    other = model.generate(input_ids=input_ids, crm_embeds=-3 * crm, max_new_tokens=4, do_sample=False,
+                           min_new_tokens=4, output_logits=True, return_dict_in_generate=True)
     assert not torch.allclose(torch.stack(other.logits, 1), expected_logits)
     assert base.shape == out.sequences.shape
 
@@ -152,7 +153,8 @@ def test_trainable_parameters_follow_the_formula(capsys):
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all("reclora_" in n for n in names)
 
-    per_module = get_peft_model(make_tiny_llama(), reclora_config(num_meta_loras=5, r=3, gate_hidden_dim=7, gate_sharing="per_module"))
+    per_module = get_peft_model(make_tiny_llama(), reclora_config(num_meta_loras=5, r=3, gate_hidden_dim=7,
+                                                                  gate_sharing="per_module"))
     assert per_module.get_nb_trainable_parameters()[0] == banks + 4 * gate
 
 
@@ -293,7 +295,8 @@ def test_target_modules_none_uses_the_architecture_mapping():
 
 def test_layers_to_transform_and_exclude_modules():
     model = get_peft_model(make_tiny_llama(), reclora_config(layers_to_transform=[1], layers_pattern="layers"))
-    assert sorted(model.base_model.reclora_layers()) == ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    assert sorted(model.base_model.reclora_layers()) == ["model.layers.1.self_attn.q_proj",
+                                                         "model.layers.1.self_attn.v_proj"]
     model = get_peft_model(make_tiny_llama(), reclora_config(exclude_modules=["model.layers.0.self_attn.v_proj"]))
     assert "model.layers.0.self_attn.v_proj" not in model.base_model.reclora_layers()
 
@@ -302,7 +305,8 @@ def test_merge_is_refused_and_leaves_the_model_untouched(batch):
     model = get_peft_model(make_tiny_llama(), reclora_config())
     before = model(**batch).logits
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for call in (model.merge_and_unload, model.merge_adapter, lambda: model.base_model.merge_and_unload(safe_merge=True)):
+    for call in (model.merge_and_unload, model.merge_adapter,
+                 lambda: model.base_model.merge_and_unload(safe_merge=True)):
         with pytest.raises(ValueError, match="cannot be merged"):
             call()
     assert all(torch.equal(weights[n], p) for n, p in model.named_parameters())
@@ -320,7 +324,8 @@ def test_unload_restores_the_base_model(batch):
     assert set(unloaded.state_dict()) == keys
     assert "generate" not in unloaded.__dict__ and not hasattr(unloaded, "_reclora_crm_context")
     assert not unloaded._forward_pre_hooks
-    torch.testing.assert_close(unloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, reference)
+    torch.testing.assert_close(unloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                               reference)
     unloaded.generate(input_ids=batch["input_ids"], max_new_tokens=2, do_sample=False)
 
 
@@ -345,7 +350,8 @@ def test_adapter_dtype_follows_autocast_convention():
 def test_fp32_storage_computes_in_the_base_dtype(batch):
     """fp32 adapters on a bf16 base give the same result as bf16 adapters (the math runs in bf16 either way)."""
     fp32_adapters = get_peft_model(make_tiny_llama(dtype=torch.bfloat16), reclora_config())
-    bf16_adapters = get_peft_model(make_tiny_llama(dtype=torch.bfloat16), reclora_config(), autocast_adapter_dtype=False)
+    bf16_adapters = get_peft_model(make_tiny_llama(dtype=torch.bfloat16), reclora_config(),
+                                   autocast_adapter_dtype=False)
     state = {k: v.to(torch.bfloat16) for k, v in fp32_adapters.state_dict().items() if "reclora_" in k}
     bf16_adapters.load_state_dict(state, strict=False)
     fp32_adapters.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

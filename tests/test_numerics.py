@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 
 from peft_reclora import RecLoraConfig, check_adapter_folder
 
@@ -42,7 +41,8 @@ def test_half_precision_gate_refuses_what_overflows_float16(batch):
     "field, value",
     [
         ("lora_alpha", math.inf), ("lora_alpha", math.nan), ("temperature", math.inf), ("temperature", math.nan),
-        ("lora_dropout", math.nan), ("lora_dropout", math.inf), ("gate_dropout", math.nan), ("gate_dropout", -math.inf),
+        ("lora_dropout", math.nan), ("lora_dropout", math.inf), ("gate_dropout", math.nan),
+        ("gate_dropout", -math.inf),
     ],
 )
 def test_non_finite_config_values_raise_naming_the_field(field, value):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference, resolve_backend
-from peft_reclora.ops import triton_kernels
+from peft_reclora.ops import BACKEND_ENV_VAR, meta_lora, meta_lora_reference, resolve_backend, triton_kernels
+
 
 requires_triton = pytest.mark.skipif(triton_kernels.triton is None, reason="triton is not installed")
 requires_cuda = pytest.mark.skipif(
@@ -151,7 +151,8 @@ def test_float32_banks_with_half_precision_inputs(backend, interpreter):
     want, leaves = _reference(tensors, num_meta_loras, 2.0, "output")
     assert out.dtype == torch.float16
     _assert_close(out, want, 1e-2, "output")
-    for (name, got), expected in zip(grads.items(), torch.autograd.grad(want, list(leaves.values()), grad_out.double())):
+    for (name, got), expected in zip(grads.items(),
+                                     torch.autograd.grad(want, list(leaves.values()), grad_out.double())):
         assert got.dtype == tensors[name].dtype, name
         _assert_close(got, expected, 1e-2, f"grad of {name}")
 
@@ -172,14 +173,16 @@ def test_padded_batch_rows_use_their_own_sample_gate(backend, mixing, interprete
     gate = torch.softmax(3 * torch.randn(len(lengths), num_meta_loras, generator=generator), dim=-1)
     weight = torch.randn(d_out, d_in, generator=generator) / d_in**0.5
     with triton_kernels.kernel_settings(poison_outputs=True, block_m=16):
-        out = meta_lora(x, lora_A, lora_B, gate, 2.0, num_meta_loras, mixing=mixing, base_weight=weight, backend=backend)
+        out = meta_lora(x, lora_A, lora_B, gate, 2.0, num_meta_loras, mixing=mixing, base_weight=weight,
+                        backend=backend)
         for b, sample in enumerate(samples):
             alone = meta_lora(
                 sample[None], lora_A, lora_B, gate[b : b + 1], 2.0, num_meta_loras, mixing=mixing, base_weight=weight,
                 backend=backend,
             )
             torch.testing.assert_close(out[b, padded - lengths[b] :], alone[0], rtol=1e-5, atol=1e-5)
-    want = meta_lora_reference(x.double(), lora_A.double(), lora_B.double(), gate.double(), 2.0, num_meta_loras, mixing)
+    want = meta_lora_reference(x.double(), lora_A.double(), lora_B.double(), gate.double(), 2.0, num_meta_loras,
+                               mixing)
     _assert_close(out - nn.functional.linear(x, weight), want, 2e-5, "padded batch delta")
 
 
@@ -305,7 +308,8 @@ def _record_launches(monkeypatch, shape, mixing, base, bank_dtype=torch.bfloat16
     gate = torch.empty(batch, num_meta_loras, device="meta", requires_grad=True)
     weight = torch.empty(d_out, d_in, **meta) if base == "linear" else None
     base_output = torch.empty(batch, rows, d_out, **meta) if base == "output" else None
-    out = triton_kernels.meta_lora_triton(x, lora_A, lora_B, gate, 2.0, num_meta_loras, mixing, weight, None, base_output)
+    out = triton_kernels.meta_lora_triton(x, lora_A, lora_B, gate, 2.0, num_meta_loras, mixing, weight, None,
+                                          base_output)
     torch.autograd.grad(out, [x, lora_A, lora_B, gate], torch.empty_like(out))
     return launches
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,7 +20,8 @@ def _declared_packages() -> set:
 
 def _package_dirs() -> set:
     found = set()
-    for top, name in ((ROOT / "peft_reclora", "peft_reclora"), (ROOT / "examples" / "reclora_pipeline", "reclora_pipeline")):
+    for top, name in ((ROOT / "peft_reclora", "peft_reclora"),
+                      (ROOT / "examples" / "reclora_pipeline", "reclora_pipeline")):
         for init in top.rglob("__init__.py"):
             if "__pycache__" not in init.parts:
                 found.add(".".join([name, *init.parent.relative_to(top).parts]))

@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-
 from peft import PeftModel, get_peft_model
 
 import peft_reclora

@@ -3,7 +3,6 @@ inference (``adapter_names=``), equals RecLoRA with those users' ``crm_embeds``.
 
 import pytest
 import torch
-
 from peft import PeftModel, get_peft_model
 
 import peft_reclora
@@ -67,4 +66,5 @@ def test_personalized_loras_onto_a_base_with_other_weights_are_refused():
     with pytest.raises(ValueError, match=f"sha256 {other[:16]}, but the RecLoRA model's base has {trained[:16]}"):
         peft_reclora.personalized_lora_model(make_tiny_llama(seed=1), reclora, users, ["a", "b"])
     with pytest.warns(UserWarning, match="exported anyway"):
-        peft_reclora.personalized_lora_model(make_tiny_llama(seed=1), reclora, users, ["a", "b"], allow_other_base=True)
+        peft_reclora.personalized_lora_model(make_tiny_llama(seed=1), reclora, users, ["a", "b"],
+                                             allow_other_base=True)

@@ -10,7 +10,6 @@ from multiprocessing.reduction import ForkingPickler
 
 import pytest
 import torch
-
 from peft import get_peft_model
 
 from support.tiny_models import TINY_VOCAB, make_tiny_llama, reclora_config
@@ -41,7 +40,8 @@ def trained_model(request):
     return model.eval()
 
 
-@pytest.mark.parametrize("round_trip", [_pickle, _torch_save_load, _forking_pickler], ids=["pickle", "torch_save", "spawn_pickler"])
+@pytest.mark.parametrize("round_trip", [_pickle, _torch_save_load, _forking_pickler],
+                         ids=["pickle", "torch_save", "spawn_pickler"])
 def test_a_pickled_model_gives_the_same_outputs_and_generates(trained_model, batch, round_trip):
     model = trained_model
     with torch.no_grad():

@@ -96,7 +96,8 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
             assert paired["low"] <= paired["difference"] <= paired["high"] and 0 <= paired["p_value"] <= 1
             assert "logloss" in entry["vs_reference"]
         interval = entry["auc_ci"]
-        assert interval["estimate"] == pytest.approx(entry["auc"]) and interval["low"] < entry["auc"] < interval["high"]
+        assert interval["estimate"] == pytest.approx(entry["auc"]) and \
+            interval["low"] < entry["auc"] < interval["high"]
         assert entry["logloss_ci"]["low"] < entry["logloss"] < entry["logloss_ci"]["high"]
         reads_rc = "RecLoRA" in name
         assert ("gate_dependence" in entry) == reads_rc, name
@@ -140,7 +141,8 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
     assert lora_config["peft_type"] == "LORA" and (lora_config["r"], lora_config["lora_alpha"]) == (8, 64)
     # The adapter knows its CRM and R_c: the tune artifact's upstream is the R_c table of the gate CRM.
     assert tuned.upstream["rc"] == [entries["RecLoRA"]["stages"]["rc"]]
-    assert folder.artifact("rc", entries["RecLoRA"]["stages"]["rc"]).upstream["crm"] == [entries["SIM"]["stages"]["crm"]]
+    assert folder.artifact("rc", entries["RecLoRA"]["stages"]["rc"]).upstream["crm"] == \
+        [entries["SIM"]["stages"]["crm"]]
 
     # A second run with the same settings reuses every stage and rewrites nothing.
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("stages/tune/*/adapter/adapter_model.safetensors")}
@@ -172,8 +174,9 @@ def test_full_study_on_a_tiny_model(tmp_path, tiny_base_model):
 def test_demo_command_on_smollm2(tmp_path, capsys):
     out = tmp_path / "demo"
     status = cli_main([
-        "demo", "--out", str(out), "--retrieval", "recent", "--k-short", "2", "--few-shot", "8", "--test-samples", "16",
-        "--crm-epochs", "1", "--num-meta-loras", "2", "--models", "zero-shot,reclora", "--no-progress",
+        "demo", "--out", str(out), "--retrieval", "recent", "--k-short", "2", "--few-shot", "8",
+        "--test-samples", "16", "--crm-epochs", "1", "--num-meta-loras", "2", "--models", "zero-shot,reclora",
+        "--no-progress",
     ])
     assert status == 0
     printed = capsys.readouterr().out

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from reclora_pipeline.metrics import auc, ctr_metrics, logloss, rel_impr
+from reclora_pipeline import plots
 from reclora_pipeline.data import SPECS
 from reclora_pipeline.data.raw import DatasetSpec
-from reclora_pipeline import plots
+from reclora_pipeline.metrics import auc, ctr_metrics, logloss, rel_impr
 from reclora_pipeline.plots import plot_gate_usage, plot_model_comparison, plot_sample_efficiency
 from reclora_pipeline.scoring import AnswerTokens, left_pad, score_yes_probability
 from reclora_pipeline.stages.report import add_statistics, markdown, write_predictions
@@ -25,14 +25,16 @@ def test_movielens_prompt_matches_the_papers_figure_2():
     record = TextRecord(
         sample_id=1,
         target_title="Titanic (1997)",
-        history=[("Pump Up the Volume (1990)", 4), ("Antz (1998)", 4), ("Devil's Own, The (1997)", 5), ("Crying Game, The (1992)", 1)],
+        history=[("Pump Up the Volume (1990)", 4), ("Antz (1998)", 4), ("Devil's Own, The (1997)", 5),
+                 ("Crying Game, The (1992)", 1)],
         profile={"gender": "M", "occupation": "writer", "age": "35-45"},
     )
     text = build_prompt(SPECS["ml-1m"], record)
     assert text.splitlines() == [
         "The user is a male. His job is writer. His age is 35-45.",
         "He watched the following movies in order in the past, and rated them:",
-        "['0. Pump Up the Volume (1990) (4 stars)', '1. Antz (1998) (4 stars)', \"2. Devil's Own, The (1997) (5 stars)\", '3. Crying Game, The (1992) (1 star)']",
+        "['0. Pump Up the Volume (1990) (4 stars)', '1. Antz (1998) (4 stars)', "
+        "\"2. Devil's Own, The (1997) (5 stars)\", '3. Crying Game, The (1992) (1 star)']",
         "Based on the movies he has watched, deduce if he will like the movie ***Titanic (1997)***.",
         "Note that more stars the user rated the movie, the user like the movie more.",
         "You should ONLY tell me yes or no.",
@@ -40,7 +42,8 @@ def test_movielens_prompt_matches_the_papers_figure_2():
 
 
 def test_other_templates_and_ids_stay_out():
-    record = TextRecord(sample_id=9, target_title="Dune", history=[("Emma", 3.5)], profile={"gender": "F", "user_id": "u77"})
+    record = TextRecord(sample_id=9, target_title="Dune", history=[("Emma", 3.5)],
+                        profile={"gender": "F", "user_id": "u77"})
     books = build_prompt(SPECS["goodreads"], record)
     assert "book ***Dune***" in books and "3.5 stars" in books and "u77" not in books
     movies25 = build_prompt(SPECS["ml-25m"], record)  # a schema without profile fields: no profile sentence
@@ -170,7 +173,8 @@ def test_metrics():
 
 
 def test_report_writes_predictions_markdown_and_plots(tmp_path):
-    rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"], "timestamp": [10, 20, 30], "label": [0, 1, 1]})
+    rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"], "timestamp": [10, 20, 30],
+                         "label": [0, 1, 1]})
     (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / "Old model.csv").write_text("stale")
     write_predictions(tmp_path / "predictions", rows, {"SIM": [0.2, 0.6, 0.7], "RecLoRA": [0.1, 0.8, 0.9]})
@@ -217,7 +221,8 @@ def test_sample_efficiency_plot_marks_the_sizes_run_and_the_crm_band(tmp_path, m
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", keep_axes)
-    curves = {"RecLoRA": [(192, 0.72, (0.03, 0.03)), (768, 0.73, (0.03, 0.03))], "LoRA (r=8)": [(192, 0.50), (768, 0.52)]}
+    curves = {"RecLoRA": [(192, 0.72, (0.03, 0.03)), (768, 0.73, (0.03, 0.03))],
+              "LoRA (r=8)": [(192, 0.50), (768, 0.52)]}
     path = plot_sample_efficiency(curves, tmp_path / "curve.png", references={"SIM (CRM)": (0.729, (0.031, 0.031))})
     assert path.stat().st_size > 1000
     assert seen["ticks"] == ["192", "768"]  # the few-shot sizes of the run, not powers of two

@@ -1,5 +1,5 @@
-"""What a run was built from: results.json records the sha256 of every dataset file the data stage read and the versions
-of Python and the packages that change results; the recommender's record and model card carry the same."""
+"""What a run was built from: results.json records the sha256 of every dataset file the data stage read and the
+versions of Python and the packages that change results; the recommender's record and model card carry the same."""
 
 import hashlib
 import json
@@ -15,11 +15,7 @@ from reclora_pipeline.provenance import RECORDED_PACKAGES, run_provenance
 from reclora_pipeline.serving import RecLoraRecommender
 from reclora_pipeline.stages.data import source_folder
 
-from test_recommender import (  # noqa: F401  (shared session fixtures: one pipeline run for several files)
-    MODEL,
-    saved_folder,
-    tiny_run,
-)
+from support.recommender_run import MODEL
 
 
 def _expected_versions() -> dict:

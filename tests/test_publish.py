@@ -16,9 +16,7 @@ from reclora_pipeline.cli import add_push_command, run_push
 from reclora_pipeline.cli import main as cli_main
 from reclora_pipeline.serving import RecLoraRecommender
 
-from test_recommender import (  # noqa: F401  (shared session fixtures: one pipeline run for both files)
-    ATOL, HUB_BASE_MODEL, MODEL, recommender, saved_folder, tiny_run,
-)
+from support.recommender_run import ATOL, HUB_BASE_MODEL, MODEL
 
 
 class FakeHub:

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 

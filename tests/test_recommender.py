@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,131 +13,35 @@ import pandas as pd
 import pytest
 import torch
 
-from reclora_pipeline.artifacts import RunFolder, safe_name
-from reclora_pipeline.config import RunConfig
-from reclora_pipeline.data import RecDataset
+from reclora_pipeline.artifacts import RunFolder
 from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
-from reclora_pipeline.retriever import RetrievalResult
 from reclora_pipeline.serving import RecLoraRecommender, RecommenderRecord, Request
 from reclora_pipeline.stages.tune import TuneInputs
 from reclora_pipeline.views import FieldVocabulary, SampleView, ctr_features, text_records
-from support.pipeline_runs import fast_config
 
-MODEL = "RecLoRA"
+from support.recommender_run import ATOL, HUB_BASE_MODEL, MODEL, tiny_config
+
+
 # Every history combination of a run: (model, prompt history, gate history).
 HISTORIES = [(MODEL, "semantic", "semantic"), ("RecLoRA w/o long retriever", "semantic", "recent"),
-             ("RecLoRA w/o short retriever", "recent", "semantic"), ("RecLoRA w/o both retrievers", "recent", "recent")]
-# The Hub id the published folder records for the run's local base model (``--base-model``); loading passes the
-# local copy back with ``base_model=``.
-HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-ATOL = 1e-6  # same code, same batches: the run's float64 scores are met to float32 rounding
-_CACHE = {}  # the session's run and folders, shared with test_publish.py (which imports these fixtures)
-
-
-@dataclass
-class TinyRun:
-    """A finished pipeline run on the tiny Llama, with the test samples its models scored."""
-
-    root: Path
-    config: RunConfig
-    base_model: str
-    dataset: RecDataset
-    sample_ids: np.ndarray
-    requests: list  # one request per test sample: its user, target and every earlier interaction
-
-    @property
-    def scores(self) -> np.ndarray:
-        """RecLoRA's float64 scores, from its score artifact."""
-        return self.model_scores(MODEL)
-
-    def retrieval(self, mode: str) -> RetrievalResult:
-        return RetrievalResult.load(RunFolder(self.root).artifact("retrieval", plan_run(self.config)
-                                                                  .retrievals[mode].key).path, self.dataset)
-
-    def results(self) -> dict:
-        return json.loads((self.root / "results.json").read_text())
-
-    def model_scores(self, model: str) -> np.ndarray:
-        key = self.results()["models"][model]["stages"]["score"]
-        return np.load(RunFolder(self.root).artifact("score", key).path / "scores.npy")
-
-    def predictions(self, model: str) -> pd.DataFrame:
-        return pd.read_csv(self.root / "predictions" / f"{safe_name(model)}.csv",
-                           dtype={"user_id": str, "item_id": str})
-
-
-def tiny_config(out: Path, base_model: str, cache: Path, **changes) -> RunConfig:
-    """Semantic retrieval on the tiny Llama, RecLoRA with its ablations and a LoRA, 24 test samples; the high learning
-    rate makes the gate move away from uniform, so R_c (and a wrong CRM) changes the scores."""
-    settings = dict(retrieval__mode="semantic", retrieval__pca_dim=16, retrieval__cache_dir=str(cache),
-                    models=["reclora", "ablations", "lora"], eval__test_samples=24,
-                    tune__training__learning_rate=5e-2)
-    return fast_config(out, base_model, **{**settings, **changes})
-
-
-def requests_of(dataset: RecDataset, sample_ids) -> list:
-    """Requests of the given samples: user, item, and every earlier interaction with its rating, oldest first."""
-    samples = dataset.samples.set_index("sample_id")
-    requests = []
-    for sample, items, ratings, _ in dataset.history(sample_ids):
-        history = [(item, int(rating)) for item, rating in zip(items, ratings)]
-        requests.append({"user_id": str(samples.at[sample, "user_id"]), "item_id": str(samples.at[sample, "item_id"]),
-                         "history": history})
-    return requests
-
-
-def build_tiny_run(root: Path, base_model: str) -> TinyRun:
-    config = tiny_config(root / "run", base_model, root / "encodings")
-    run_pipeline(config)
-    folder = RunFolder(config.out)
-    dataset = RecDataset.load(folder.artifact("data", plan_run(config).data.key).path)
-    sample_ids = np.asarray(json.loads((folder.root / "eval_samples.json").read_text())["sample_ids"])
-    return TinyRun(folder.root, config, base_model, dataset, sample_ids, requests_of(dataset, sample_ids))
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_base_model):
-    if "run" not in _CACHE:
-        _CACHE["run"] = build_tiny_run(tmp_path_factory.mktemp("tiny-run"), tiny_base_model)
-    return _CACHE["run"]
+             ("RecLoRA w/o short retriever", "recent", "semantic"),
+             ("RecLoRA w/o both retrievers", "recent", "recent")]
 
 
 @pytest.fixture(scope="session")
 def other_run(tiny_run, tmp_path_factory):
     """The same run with another CRM seed, in a copy of its folder: the data and retrieval are reused, the CRM, R_c
     and RecLoRA adapter are new (the copy keeps the first run's artifacts too)."""
-    if "other" not in _CACHE:
-        root = tmp_path_factory.mktemp("other-run") / "run"
-        shutil.copytree(tiny_run.root, root)
-        config = tiny_config(root, tiny_run.base_model, Path(tiny_run.config.retrieval.cache_dir),
-                             models=["reclora"], crm__training__seed=7)
-        run_pipeline(config)
-        _CACHE["other"] = root
-    return _CACHE["other"]
+    root = tmp_path_factory.mktemp("other-run") / "run"
+    shutil.copytree(tiny_run.root, root)
+    config = tiny_config(root, tiny_run.base_model, Path(tiny_run.config.retrieval.cache_dir),
+                         models=["reclora"], crm__training__seed=7)
+    run_pipeline(config)
+    return root
 
 
-@pytest.fixture(scope="session")
-def saved_folder(tiny_run, tmp_path_factory):
-    """The folder ``save_pretrained`` writes for the run's RecLoRA model."""
-    if "saved" not in _CACHE:
-        folder = tmp_path_factory.mktemp("published") / "recommender"
-        RecLoraRecommender.from_run(tiny_run.root, model=MODEL, base_model=HUB_BASE_MODEL,
-                                    device="cpu").save_pretrained(folder)
-        _CACHE["saved"] = folder
-    return _CACHE["saved"]
-
-
-@pytest.fixture(scope="session")
-def recommender(saved_folder, tiny_run):
-    """The saved recommender loaded back on the local copy of its base model (the LLM loads on the first score)."""
-    if "loaded" not in _CACHE:
-        _CACHE["loaded"] = RecLoraRecommender.from_pretrained(saved_folder, base_model=tiny_run.base_model,
-                                                              device="cpu")
-    return _CACHE["loaded"]
-
-
-# -- scores ------------------------------------------------------------------------------------------------------------
+# -- scores -----------------------------------------------------------------------------------------------------------
 def test_vocabulary_round_trips_through_json(tiny_run):
     vocabulary = FieldVocabulary.from_dataset(tiny_run.dataset)
     again = FieldVocabulary.from_json(json.loads(json.dumps(vocabulary.to_json())))
@@ -230,7 +133,7 @@ def test_the_gate_reads_the_crm(tiny_run, recommender, other_run):
     assert np.abs(wrong.score(tiny_run.requests) - scores).max() > 100 * ATOL
 
 
-# -- users and items outside the catalog -------------------------------------------------------------------------------
+# -- users and items outside the catalog ------------------------------------------------------------------------------
 def test_other_users_new_users_and_short_histories(tiny_run, recommender):
     """Another user with the same history and target gets another R_c and profile, so another score; a user outside
     the catalog scores from a profile; a history of one or no items scores too."""
@@ -331,7 +234,7 @@ def test_no_history_is_an_empty_history_and_batch_sizes_below_one_are_refused(re
             recommender.score(requests, batch_size=batch_size)
 
 
-# -- the folder --------------------------------------------------------------------------------------------------------
+# -- the folder -------------------------------------------------------------------------------------------------------
 def _results(root: Path) -> dict:
     return json.loads((Path(root) / "results.json").read_text())
 
@@ -386,11 +289,14 @@ def test_folder_holds_every_part_and_no_pickle(saved_folder, tiny_run):
 
 def test_the_record_names_the_artifacts_it_was_built_from(saved_folder, tiny_run):
     """The lineage holds the stage keys the run's results name for the model, and digests of the parts."""
-    from reclora_pipeline.crm import crm_fingerprint, load_crm
     from reclora_pipeline.artifacts import sha256_of_file as sha256_of
+    from reclora_pipeline.crm import crm_fingerprint, load_crm
     from reclora_pipeline.model_identity import base_model_identity
     from reclora_pipeline.serving.recommender import (
-        adapter_config_digest, catalog_digest, vectors_digest, vocabulary_digest,
+        adapter_config_digest,
+        catalog_digest,
+        vectors_digest,
+        vocabulary_digest,
     )
 
     lineage = json.loads((saved_folder / "recommender.json").read_text())["lineage"]
@@ -454,6 +360,7 @@ def _other_num_meta_loras(folder: Path) -> None:
     from peft import get_peft_model
 
     import peft_reclora
+
     from support.tiny_models import make_tiny_llama  # the run's tiny Llama has the same attention shapes
 
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -514,7 +421,8 @@ BROKEN_PARTS = {
     "adapter crm_dim": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(crm_dim=8)),
                         r"crm_dim: the gate .* reads 16 inputs"),
     "adapter weights changed": (_perturb_adapter, "adapter: .* is not the adapter this recommender was made with"),
-    "adapter temperature edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(temperature=3.0)),
+    "adapter temperature edited": (lambda f: _edit_json(f / "adapter_config.json",
+                                                        lambda c: c.update(temperature=3.0)),
                                    "adapter config: .* a setting in it was changed"),
     "adapter mixing edited": (lambda f: _edit_json(f / "adapter_config.json", lambda c: c.update(mixing="weights")),
                               "adapter config: .* a setting in it was changed"),
@@ -552,14 +460,16 @@ BROKEN_PARTS = {
     "record config": (lambda f: _edit_json(f / "recommender.json", lambda c: c["config"]["crm"].update(nme="sim")),
                       "'config' is not a run config"),
     "record deleted": (lambda f: (f / "recommender.json").unlink(), "recommender config"),
-    "record trained_dtype": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype="manual_seed")),
+    "record trained_dtype": (lambda f: _edit_json(f / "recommender.json",
+                                                  lambda c: c.update(trained_dtype="manual_seed")),
                              "recommender.json trained_dtype must be one of float32, bfloat16, float16, got "
                              "'manual_seed'"),
     "record trained_dtype null": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(trained_dtype=None)),
                                   "recommender.json trained_dtype must be one of .* got None"),
     "record typed entry": (lambda f: _edit_json(f / "recommender.json", lambda c: c["answer_tokens"].update(
         yes_token_id="5")), "recommender.json answer_tokens.yes_token_id must be an integer, got '5'"),
-    "record format version text": (lambda f: _edit_json(f / "recommender.json", lambda c: c.update(format_version="x")),
+    "record format version text": (lambda f: _edit_json(f / "recommender.json",
+                                                        lambda c: c.update(format_version="x")),
                                    "recommender.json has format_version x"),
     "crm config truncated": (lambda f: (f / "crm" / "crm_config.json").write_text(
         (f / "crm" / "crm_config.json").read_text()[:40]), r"crm_config.json is not valid JSON"),
@@ -609,7 +519,7 @@ def test_an_adapter_without_weights_is_named_before_the_llm_loads(saved_folder, 
         recommender.load_model()
 
 
-# -- parts of another run ----------------------------------------------------------------------------------------------
+# -- parts of another run ---------------------------------------------------------------------------------------------
 def test_a_crm_of_another_run_is_refused(saved_folder, other_run, tmp_path):
     """The other run (another CRM seed) publishes fine on its own; its CRM in this folder is refused, as its adapter
     is: the gate would read another R_c than it was trained on."""

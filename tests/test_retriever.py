@@ -7,14 +7,19 @@ import torch
 from reclora_pipeline.config import RetrievalConfig
 from reclora_pipeline.data import load_dataset
 from reclora_pipeline.data.history import history_ends
-from support.synthetic_data import make_world, write_ml1m
-from support.text_views import text_record_of
-from reclora_pipeline.views.text import item_description
 from reclora_pipeline.retriever import (
-    RetrievalResult, encode_items, encode_texts, reduce_and_normalize, retrieve, semantic_top_k,
+    RetrievalResult,
+    encode_items,
+    encode_texts,
+    reduce_and_normalize,
+    retrieve,
+    semantic_top_k,
 )
 from reclora_pipeline.views import build_ctr_features
+from reclora_pipeline.views.text import item_description
 
+from support.synthetic_data import make_world, write_ml1m
+from support.text_views import text_record_of
 from support.tiny_models import make_tiny_llama
 
 
@@ -156,7 +161,8 @@ TEXTS = [item_description("movie", title, {"genres": genres}) for title, genres 
 def test_encodings_do_not_depend_on_batching(tiny_model, tokenizer):
     for pooling in ("mean", "last"):
         batched = encode_texts(TEXTS, tiny_model, tokenizer, pooling=pooling, batch_size=3, progress=False)
-        single = np.concatenate([encode_texts([t], tiny_model, tokenizer, pooling=pooling, progress=False) for t in TEXTS])
+        single = np.concatenate([encode_texts([t], tiny_model, tokenizer, pooling=pooling, progress=False)
+                                 for t in TEXTS])
         assert batched.shape == (5, 32) and batched.dtype == np.float32
         np.testing.assert_allclose(batched, single, atol=1e-5)
     # "last" is the final-norm state of the last token, "mean" the average over the tokens.
@@ -213,8 +219,9 @@ def test_real_smollm2_encodings(smollm2_dir, tokenizer):
     model = load_base_model(str(smollm2_dir))
     texts = [item_description("movie", title, {"genres": genres}) for title, genres in [
         ("Toy Story (1995)", ["Animation", "Children's", "Comedy"]), ("Schindler's List (1993)", ["Drama", "War"]),
-        ("Toy Story 2 (1999)", ["Animation", "Children's", "Comedy"]), ("Alien (1979)", ["Action", "Horror", "Sci-Fi"]),
-        ("Saving Private Ryan (1998)", ["Action", "Drama", "War"]), ("Heat (1995)", ["Action", "Crime", "Thriller"])]]
+        ("Toy Story 2 (1999)", ["Animation", "Children's", "Comedy"]),
+        ("Alien (1979)", ["Action", "Horror", "Sci-Fi"]), ("Saving Private Ryan (1998)", ["Action", "Drama", "War"]),
+        ("Heat (1995)", ["Action", "Crime", "Thriller"])]]
     batched = encode_texts(texts, model, tokenizer, batch_size=6, progress=False)
     single = np.concatenate([encode_texts([t], model, tokenizer, progress=False) for t in texts])
     assert batched.shape == (6, 576) and np.isfinite(batched).all()
@@ -258,7 +265,8 @@ def test_encoding_split_across_processes_matches_one_process(tmp_path, smollm2_d
     script = tmp_path / "encode.py"
     script.write_text(DISTRIBUTED_SCRIPT)
     tests = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests.parent / "examples"), str(tests)])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests.parent / "examples"), str(tests)])}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -1,4 +1,5 @@
-"""The run folder's one cache, end to end on two tiny LLMs: reuse, invalidation, interrupted runs and damaged artifacts.
+"""The run folder's one cache, end to end on two tiny LLMs: reuse, invalidation, interrupted runs and damaged
+artifacts.
 
 Every rerun here is checked against a fresh run of the same settings in a new folder, exactly (the table, every
 prediction, the evaluation samples). Runs use semantic retrieval, so the retrieval depends on the LLM (its item
@@ -22,6 +23,7 @@ from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
 
 from support.pipeline_runs import assert_same_results, fast_config, kill_server, start_killed, start_run, table
+
 
 BASE = {"retrieval.mode": "semantic", "retrieval.pca_dim": 16, "crm.baselines": ["din"],
         "models": ["zero-shot", "reclora"]}
@@ -179,7 +181,7 @@ def assert_finished(config, result) -> None:
     assert not any(part.startswith(BUILDING_PREFIX) for path in used.values() for part in path.parts)
 
 
-# -- reuse and invalidation --------------------------------------------------------------------------------------------
+# -- reuse and invalidation -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_rerun_with_a_changed_setting_gives_what_a_fresh_run_gives(change, runs, tmp_path):
     changes, expected = CHANGES[change]
@@ -217,7 +219,7 @@ def test_a_base_model_change_reaches_the_semantic_retrieval_and_everything_it_fe
     assert moved == {TUNE, ("score", "Zero-shot"), ("score", "RecLoRA")}
 
 
-# -- interrupted runs --------------------------------------------------------------------------------------------------
+# -- interrupted runs -------------------------------------------------------------------------------------------------
 def test_kill_while_the_retrieval_is_written(runs):
     """A retrieval.npz cut short would fail every later run (an EOFError naming no file): the bytes written so far
     are under a temporary name in the build folder, which no run reads as finished."""
@@ -352,7 +354,7 @@ def test_a_build_folder_is_never_taken_as_finished(runs, tmp_path):
     assert_same_results(config.out, runs.fresh())
 
 
-# -- damaged artifacts -------------------------------------------------------------------------------------------------
+# -- damaged artifacts ------------------------------------------------------------------------------------------------
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -411,7 +413,7 @@ def test_a_truncated_results_file_is_replaced_and_named(runs, tmp_path, capsys):
     assert_same_results(config.out, runs.fresh())
 
 
-# -- lineage -----------------------------------------------------------------------------------------------------------
+# -- lineage ----------------------------------------------------------------------------------------------------------
 def test_each_artifact_records_what_it_was_built_from(runs):
     base = runs.fresh()
     config = runs.config(base)

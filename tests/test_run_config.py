@@ -13,6 +13,7 @@ from reclora_pipeline.cli import build_parser, main, run_config
 from reclora_pipeline.config import PRESETS, RunConfig, leaves, read_config_file
 from reclora_pipeline.flags import parse_set, resolve_from_args
 
+
 # Every flag of `run` before the config tree existed, with a value and the setting it must reach.
 EARLIER_FLAGS = [
     (["--dataset", "ml-1m"], "data.dataset", "ml-1m"),
@@ -120,7 +121,8 @@ def test_layers_defaults_preset_file_flags_set(tmp_path):
     assert config.tune.training == {**PRESETS["demo"]["tune"]["training"], "per_device_train_batch_size": 8,
                                     "warmup_steps": 0.05, "seed": 42, "data_seed": 42,
                                     "learning_rate": 3e-3, "lr_scheduler_type": "cosine", "max_grad_norm": 0.5}
-    for suffix, text in ((".json", json.dumps({"retrieval": {"k_short": 7}})), (".yaml", "retrieval:\n  k_short: 7\n")):
+    for suffix, text in ((".json", json.dumps({"retrieval": {"k_short": 7}})),
+                         (".yaml", "retrieval:\n  k_short: 7\n")):
         path = tmp_path / f"run{suffix}"
         path.write_text(text)
         assert read_config_file(path) == {"retrieval": {"k_short": 7}}

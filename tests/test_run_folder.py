@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reclora_pipeline.config import RunConfig
 from reclora_pipeline.artifacts import LOCK_NAME, MANIFEST_NAME, RUN_MARKER, RunFolder, RunFolderError
+from reclora_pipeline.config import RunConfig
 from reclora_pipeline.metrics import auc
 from reclora_pipeline.model_identity import base_model_identity
 from reclora_pipeline.pipeline import run_pipeline
@@ -25,6 +25,7 @@ from reclora_pipeline.serving import RecLoraRecommender
 from reclora_pipeline.trainer import discard_checkpoints, last_checkpoint
 
 from support.pipeline_runs import assert_same_results, fast_config, table
+
 
 MODELS = {"models": ["zero-shot", "reclora"], "crm__baselines": [], "tune__training__learning_rate": 5e-2}
 LLM_STAGES = {("tune", "RecLoRA"), ("score", "Zero-shot"), ("score", "RecLoRA")}

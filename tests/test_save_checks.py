@@ -3,12 +3,12 @@ saves parameters it did not gather), naming the tensor, and writes nothing."""
 
 import pytest
 import torch
-
 from peft import get_peft_model
 
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 
 from support.tiny_models import make_tiny_llama, reclora_config
+
 
 LAYER = "base_model.model.model.layers.1.self_attn.v_proj"
 

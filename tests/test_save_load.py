@@ -7,9 +7,8 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 
 import peft_reclora  # noqa: F401  registers RECLORA with PEFT
 from peft_reclora import RecLoraConfig

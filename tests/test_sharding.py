@@ -17,9 +17,10 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from support.tiny_models import make_tiny_llama, reclora_config
 from support import fsdp_training
+from support.tiny_models import make_tiny_llama, reclora_config
 from test_distributed import _environment
+
 
 # FSDP averages the two processes' gradients of half batches: the one-process step up to float32 summation order.
 STEP_TOLERANCE = 1e-5
@@ -122,7 +123,7 @@ def test_full_state_dict_after_fsdp2_saves_a_normal_adapter(sharded_results, one
         torch.testing.assert_close(loaded(**batch).logits, one_process_model(**batch).logits, rtol=0, atol=1e-4)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # FSDP1: which modules become units
 
 
@@ -150,8 +151,9 @@ def _bf16_base_with_fp32_adapter(gate_sharing: str):
 
 @pytest.mark.parametrize("gate_sharing", ["shared", "per_module"])
 def test_fsdp1_policy_gives_every_unit_one_dtype_and_one_requires_grad(gate_sharing):
-    import peft_reclora
     from peft.utils.other import fsdp_auto_wrap_policy as peft_policy
+
+    import peft_reclora
 
     model = _bf16_base_with_fp32_adapter(gate_sharing)
     mixed = [params for params in _units(model, peft_policy(model)).values() if len({p.dtype for p in params}) > 1]
@@ -164,7 +166,7 @@ def test_fsdp1_policy_gives_every_unit_one_dtype_and_one_requires_grad(gate_shar
     assert sum(len(params) for params in trainable_units) == len([p for p in model.parameters() if p.requires_grad])
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # DeepSpeed ZeRO-3, simulated: a partitioned parameter is an empty placeholder with its real shape in `ds_shape`
 
 
@@ -194,9 +196,10 @@ class Partitioned:
 
 @pytest.mark.parametrize("mixing", ["output", "weights"])
 def test_export_and_gate_read_partitioned_parameters_gathered(tmp_path, monkeypatch, mixing):
+    from safetensors.torch import load_file
+
     import peft_reclora.sharding
     from peft_reclora.export import personalized_lora_model, personalized_lora_weights
-    from safetensors.torch import load_file
 
     model = get_peft_model(make_tiny_llama(), reclora_config(mixing=mixing))
     model.eval()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
 import peft_reclora
 from reclora_pipeline.llm import load_base_model, load_tokenizer
+
 
 pytestmark = pytest.mark.slow
 

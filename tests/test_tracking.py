@@ -10,12 +10,13 @@ from reclora_pipeline.config import RunConfig
 from reclora_pipeline.crm import CrmTrainingConfig, train_crm
 from reclora_pipeline.methods import RecLora
 from reclora_pipeline.stages import Runtime
-from reclora_pipeline.trainer import AdapterTraining, AnswerTokenDataset, build_peft_model, train_adapter
 from reclora_pipeline.tracking import Trackers, tracker_names
+from reclora_pipeline.trainer import AdapterTraining, AnswerTokenDataset, build_peft_model, train_adapter
 from reclora_pipeline.validation import validate
-from support.synthetic_features import make_synthetic_splits
 
+from support.synthetic_features import make_synthetic_splits
 from support.tiny_models import TINY_VOCAB, make_tiny_llama
+
 
 pytest.importorskip("tensorboard")
 

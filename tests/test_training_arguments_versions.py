@@ -5,10 +5,11 @@ import dataclasses
 
 import pytest
 import transformers
-from support.tiny_models import make_tiny_llama
 
 from reclora_pipeline.cli import build_parser, run_config
 from reclora_pipeline.trainer import training_arguments, training_arguments_problem
+
+from support.tiny_models import make_tiny_llama
 
 
 def _checkpointing_on(arguments) -> bool:

@@ -25,6 +25,7 @@ from reclora_pipeline.trainer import (
 
 from support.tiny_models import TINY_VOCAB, make_tiny_llama
 
+
 ADAPTER = dict(r=2, lora_alpha=4, num_meta_loras=4, gate_hidden_dim=8)
 QUIET = Runtime(progress=False)
 ANSWERS = AnswerTokens(yes=5, no=6)
@@ -32,7 +33,8 @@ ANSWERS = AnswerTokens(yes=5, no=6)
 
 def _dataset(n=12, with_crm=True, seed=0):
     g = torch.Generator().manual_seed(seed)
-    token_ids = [torch.randint(3, TINY_VOCAB, (int(torch.randint(4, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    token_ids = [torch.randint(3, TINY_VOCAB, (int(torch.randint(4, 9, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(n)]
     crm = torch.randn(n, 6, generator=g) if with_crm else None
     # answer depends on the CRM sign, so a personalised adapter has something to learn
     answers = [5 if (crm is not None and crm[i, 0] > 0) else 6 for i in range(n)]
@@ -137,9 +139,9 @@ def test_yes_no_loss_is_the_cross_entropy_over_the_two_answer_logits(tmp_path):
 
 def test_peft_configs_take_tune_adapter_as_given():
     """Every key reaches the config class that has it, unchanged; LoRA baselines keep the configured lora_alpha."""
-    import peft_reclora
     from peft import LoraConfig
 
+    import peft_reclora
     from reclora_pipeline.methods import LoraSameParams
 
     adapter = {"r": 4, "lora_alpha": 32, "mixing": "weights", "gate_sharing": "per_module", "temperature": 2.0,

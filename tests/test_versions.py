@@ -12,6 +12,7 @@ from packaging.requirements import Requirement
 
 from peft_reclora.versions import SUPPORTED
 
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs `import peft_reclora` with importlib.metadata reporting the given versions, and prints what happened as JSON.

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from .config_tree import canonical
 
+
 STAGES_DIR = "stages"
 MANIFEST_NAME = "stage.json"
 BUILDING_PREFIX = ".building-"
@@ -170,7 +171,7 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") or "x"
 
 
-# -- atomic files ------------------------------------------------------------------------------------------------------
+# -- atomic files -----------------------------------------------------------------------------------------------------
 # mkstemp creates its file readable by its owner only; a finished file gets the mode an ordinary open() would give it.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -214,7 +215,7 @@ def read_json(path: Union[str, Path], what: str) -> Any:
         raise ValueError(f"{what}: {path} is not valid JSON ({error})") from None
 
 
-# -- the folder --------------------------------------------------------------------------------------------------------
+# -- the folder -------------------------------------------------------------------------------------------------------
 @dataclass
 class StageEvent:
     stage: str

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from .config import PRESET_HELP, PRESETS, DataConfig, LlmConfig, RetrievalConfig, RunConfig, preset_tree
 from .flags import add_config_flags, add_file_flags, resolve_from_args, section_from_args
 
+
 COMMANDS: list = []
 # Top-level modules of the 'examples' extra (setup.cfg): without them a command says which extra to install.
 EXTRA_MODULES = {"pandas", "sklearn", "scipy", "matplotlib", "gguf", "torch_rechub", "accelerate", "tomli"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
+
 # A config tree is a few tables deep; a deeper file is not a config (and would exhaust the recursion of a parser).
 MAX_CONFIG_DEPTH = 16
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+
 WAIT_SECONDS = 24 * 3600  # how long a process waits for the others (torch.distributed's timeout)
 
 

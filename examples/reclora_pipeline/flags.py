@@ -16,6 +16,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 from .config import RunConfig, leaves, preset_tree, read_config_file
 from .config_tree import Leaf, Section, build, describe_default, merge, nested, parse_literal, section_of
 
+
 DEST_PREFIX = "config:"
 
 

@@ -17,6 +17,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
+
 if TYPE_CHECKING:
     from .config import RunConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
+
 EPSILON = 1e-7
 
 

@@ -1,10 +1,10 @@
 """What a base LLM is, by content: the identity every stage key, the encoding cache and a recommender's lineage record.
 
-    base_model_identity("embedded")            -> "sha256:…"  of the GGUF file the embedded model is converted from
-    base_model_identity("/models/m.gguf")      -> "sha256:…"  of that file (the embedded GGUF by path is "embedded")
-    base_model_identity("/models/my-llama")    -> "sha256:…"  of the folder's weight, tokenizer and config files
-    base_model_identity("owner/name")          -> "hub:owner/name@<commit>"  (online: the Hub's current commit; offline:
-                                                   the commit of the local snapshot)
+    base_model_identity("embedded")           -> "sha256:…"  of the GGUF file the embedded model is converted from
+    base_model_identity("/models/m.gguf")     -> "sha256:…"  of that file (the embedded GGUF by path is "embedded")
+    base_model_identity("/models/my-llama")   -> "sha256:…"  of the folder's weight, tokenizer and config files
+    base_model_identity("owner/name")         -> "hub:owner/name@<commit>"  (online: the Hub's current commit; offline:
+                                                  the commit of the local snapshot)
 
 A path is only where a model is: weights copied over the same folder are another model, and a folder moved elsewhere
 is the same one. Hashing the files costs about a second per GB, so each file's sha256 is cached by its path, size and
@@ -19,6 +19,7 @@ import os
 import threading
 from pathlib import Path
 from typing import Optional
+
 
 # The files of a model folder that decide what the model computes: weights, tokenizer and configs. A model card, a
 # licence or a hidden cache folder beside them does not.

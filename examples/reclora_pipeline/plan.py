@@ -16,11 +16,11 @@ from .artifacts import StageNode
 from .config import RunConfig
 from .crm import crm_class
 from .methods import Method, models_of
+from .stages import LlmInputs
 from .stages import crm as crm_stage
 from .stages import data as data_stage
 from .stages import retrieval as retrieval_stage
 from .stages import score as score_stage
-from .stages import LlmInputs
 from .stages import tune as tune_stage
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 from .artifacts import sha256_of_file
 
+
 # Distributions whose versions a run records (by their PyPI names), besides Python and peft-reclora.
 RECORDED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "torch-rechub", "bitsandbytes")
 
@@ -37,7 +38,8 @@ def package_versions() -> dict:
 def dataset_files(folder: Path, stamp: list) -> list:
     """[{"path", "bytes", "sha256"}] of the files of ``stamp`` (the data stage's ``source_stamp``: relative path, size,
     mtime), hashed once each."""
-    return [{"path": name, "bytes": int(size), "sha256": sha256_of_file(Path(folder) / name)} for name, size, _ in stamp]
+    return [{"path": name, "bytes": int(size), "sha256": sha256_of_file(Path(folder) / name)}
+            for name, size, _ in stamp]
 
 
 def run_provenance(data_config) -> dict:

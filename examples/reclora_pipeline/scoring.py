@@ -1,9 +1,9 @@
 """P(Yes) scoring: softmax over the Yes/No logits at the answer position (paper, Eq. 16), batched, last position only.
 
-Prompts (``views.prompt_token_ids``) are sorted by length so that each batch carries little padding, left-padded so that the answer
-position is the last column, and run with ``logits_to_keep=1`` (the LM head is a large share of a small model's cost).
-Scores come back in the input order. The Yes/No token ids travel as one :class:`AnswerTokens`, which also owns the
-order of the two logits that scoring and the ``yes_no`` training loss read.
+Prompts (``views.prompt_token_ids``) are sorted by length so that each batch carries little padding, left-padded so
+that the answer position is the last column, and run with ``logits_to_keep=1`` (the LM head is a large share of a
+small model's cost). Scores come back in the input order. The Yes/No token ids travel as one :class:`AnswerTokens`,
+which also owns the order of the two logits that scoring and the ``yes_no`` training loss read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
 
 if TYPE_CHECKING:
     from .views import PromptFormatter

@@ -21,6 +21,7 @@ from scipy import stats
 
 from .metrics import EPSILON
 
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -147,7 +148,8 @@ def paired_logloss_test(labels, model_scores, baseline_scores, model: str = "mod
 
 def summarize(labels, scores, seed: int = 0) -> dict:
     """The per-model uncertainty block written into results: AUC and LogLoss with their intervals."""
-    return {"auc_ci": auc_interval(labels, scores).to_dict(), "logloss_ci": logloss_interval(labels, scores, seed).to_dict()}
+    return {"auc_ci": auc_interval(labels, scores).to_dict(),
+            "logloss_ci": logloss_interval(labels, scores, seed).to_dict()}
 
 
 def compare(labels, scores: dict, reference: str, seed: int = 0) -> dict[str, dict]:

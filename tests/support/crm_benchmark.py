@@ -21,6 +21,7 @@ import torch
 from reclora_pipeline.config import CrmModelConfig
 from reclora_pipeline.crm import CrmTrainingConfig, available_crms, evaluate_crm, precompute_crm_embeds, train_crm
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_features import make_synthetic_splits  # noqa: E402  (next to this file)
 

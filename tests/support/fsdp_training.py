@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
 
 import peft_reclora
-from peft import get_peft_model
+
 
 FSDP2_CASES = ("plain", "transformers_checkpointing", "checkpoint_wrapper")
 CASES = (*FSDP2_CASES, "fsdp1")
@@ -128,7 +129,8 @@ def main(out: Path) -> None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     for case in CASES:
         if case == "fsdp1":
-            # FSDP1 offloading a full state dict segfaults in CPU-only processes (torch 2.13); it is on the CPU already.
+            # FSDP1 offloading a full state dict segfaults in CPU-only processes (torch 2.13); it is on the CPU
+            # already.
             model = train_fsdp1(rank, world_size)
             options = StateDictOptions(full_state_dict=True)
         else:

@@ -1,5 +1,5 @@
-"""Run the pipeline and kill this process with SIGKILL at a chosen call, as a crash or ``kill -9`` would: no ``finally``
-block, no cleanup, files left as they are at that moment.
+"""Run the pipeline and kill this process with SIGKILL at a chosen call, as a crash or ``kill -9`` would: no
+``finally`` block, no cleanup, files left as they are at that moment.
 
     python killed_run.py CONFIG.json [module:attribute before|after N [module:attribute]]
     python killed_run.py --serve

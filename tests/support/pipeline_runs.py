@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from reclora_pipeline.config import RunConfig
 
+
 KILLER = Path(__file__).with_name("killed_run.py")
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reclora_pipeline.data.movielens import ML100K_GENRES, ML1M_OCCUPATIONS
+from reclora_pipeline.data.movielens import ML1M_OCCUPATIONS, ML100K_GENRES
+
 
 GENRES = ML100K_GENRES[1:]
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
@@ -57,7 +58,8 @@ def make_world(
         "item_id": np.arange(1, num_items + 1),
         "title": [f"Movie {i}" for i in range(1, num_items + 1)],
         "year": years,
-        "genres": [[GENRES[g]] + ([GENRES[(g + 3) % len(GENRES)]] if i % 3 == 0 else []) for i, g in enumerate(genre_of)],
+        "genres": [[GENRES[g]] + ([GENRES[(g + 3) % len(GENRES)]] if i % 3 == 0 else [])
+                   for i, g in enumerate(genre_of)],
     })
     rows = []
     clock = 880_000_000
@@ -132,8 +134,8 @@ def write_ml100k_grouplens(world: SyntheticWorld, folder: Path) -> Path:
     _write_lines(folder / "u.data", (f"{r.user_id}\t{r.item_id}\t{_stars(r.rating)}\t{r.timestamp}"
                                      for r in world.ratings.itertuples()), "latin-1")
     _write_lines(folder / "u.item", (item_line(m) for m in world.items.itertuples()), "latin-1")
-    _write_lines(folder / "u.user", (f"{u.user_id}|{u.age}|{u.gender}|{_occupation_name(u.occupation_code)}|{u.zip_code}"
-                                     for u in world.users.itertuples()), "latin-1")
+    _write_lines(folder / "u.user", (f"{u.user_id}|{u.age}|{u.gender}|{_occupation_name(u.occupation_code)}|"
+                                     f"{u.zip_code}" for u in world.users.itertuples()), "latin-1")
     return folder
 
 
@@ -178,10 +180,12 @@ def write_goodreads(world: SyntheticWorld, folder: Path, *, genre: str = "poetry
                                 "read_at": date, "started_at": ""}) + "\n")
     with gzip.open(folder / f"goodreads_books_{genre}.json.gz", "wt", encoding="utf-8") as f:
         for m in world.items.itertuples():
-            f.write(json.dumps({"book_id": str(m.item_id), "title": f"Book {m.item_id}", "isbn": f"{9780000000 + m.item_id}",
+            f.write(json.dumps({"book_id": str(m.item_id), "title": f"Book {m.item_id}",
+                                "isbn": f"{9780000000 + m.item_id}",
                                 "authors": [{"author_id": str(100 + m.item_id % 7), "role": ""}],
                                 "publisher": f"Press {m.item_id % 4}", "publication_year": str(m.year),
                                 "language_code": "eng", "format": "Paperback", "is_ebook": "false"}) + "\n")
     _write_lines(folder / "goodreads_book_authors.json",
-                 (json.dumps({"author_id": str(100 + author), "name": f"Author {author}"}) for author in range(7)), "utf-8")
+                 (json.dumps({"author_id": str(100 + author), "name": f"Author {author}"}) for author in range(7)),
+                 "utf-8")
     return folder

@@ -11,6 +11,7 @@ from reclora_pipeline.config import RetrievalConfig
 from reclora_pipeline.data import RecDataset
 from reclora_pipeline.views import SampleView, TextRecord, text_records
 
+
 K_SHORT = RetrievalConfig().k_short  # the run config's default K_short
 
 

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_reclora
 
+
 TINY_VOCAB = 64
 
 

@@ -10,6 +10,7 @@
 
 from ..lazy import lazy_exports
 
+
 _EXPORTS = {
     "CrmModel": ".base",
     "RcTable": ".embeddings",

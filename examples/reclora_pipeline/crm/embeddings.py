@@ -26,6 +26,7 @@ from ..data.features import CTRFeatures
 from .base import CrmModel
 from .inputs import FeatureTensors, check_features
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from .base import CrmModel
 from .inputs import SchemaLike
 
+
 HISTORY = "history"
 HISTORY_RATING = "history_rating"
 _MLP_BLOCK = 4  # Linear, BatchNorm1d, activation, Dropout

@@ -19,6 +19,7 @@ import torch
 
 from ..data.features import CTRFeatures
 
+
 BATCH_KEYS = ("fields", "hist_items", "hist_ratings", "hist_mask")
 
 

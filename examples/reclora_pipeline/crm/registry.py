@@ -1,5 +1,5 @@
-"""``build_crm(name, schema=..., **hyper_parameters)``: every CRM by name. The registry is the one list of CRMs: the run
-config's choices, the display names (``crm_class(name).display_name``) and the history each reads come from it.
+"""``build_crm(name, schema=..., **hyper_parameters)``: every CRM by name. The registry is the one list of CRMs: the
+run config's choices, the display names (``crm_class(name).display_name``) and the history each reads come from it.
 
 Entries name the module and class, which are imported when a CRM is first used, so listing the names (the command
 line's choices and ``--help``) does not import torch.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Type
+
 
 if TYPE_CHECKING:
     from .base import CrmModel

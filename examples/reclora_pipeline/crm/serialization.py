@@ -21,6 +21,7 @@ from .base import CrmModel
 from .inputs import CrmSchema, SchemaLike, as_schema
 from .registry import build_crm
 
+
 CRM_WEIGHTS_NAME = "crm_model.safetensors"
 CRM_CONFIG_NAME = "crm_config.json"
 CRM_FORMAT = "reclora-crm"
@@ -147,7 +148,8 @@ def load_crm(
 
 def _build(config: dict, schema: CrmSchema, directory: Path) -> CrmModel:
     try:
-        return build_crm(config["model_name"], schema=schema, rc_layer=config["rc_layer"], **config["hyper_parameters"])
+        return build_crm(config["model_name"], schema=schema, rc_layer=config["rc_layer"],
+                         **config["hyper_parameters"])
     except (TypeError, ValueError, KeyError, IndexError) as error:
         raise ValueError(f"{directory / CRM_CONFIG_NAME}: hyper_parameters do not fit {config['model_name']}: "
                          f"{error}") from None

@@ -23,6 +23,7 @@ from .base import CrmModel
 from .inputs import SchemaLike
 from .layers import DinAttention, HistoryEncoder, MLPTower, MultiHeadTargetAttention
 
+
 ATTENTIONS = ("din", "multihead")
 
 
@@ -67,7 +68,8 @@ class DIN(CrmModel):
         field_embeds = self.embedding(batch["fields"])
         target = field_embeds[:, self.schema.item_field]
         mask = batch["hist_mask"]
-        history = self.history_encoder(self.embedding(batch["hist_items"]), self.embedding(batch["hist_ratings"]), mask)
+        history = self.history_encoder(self.embedding(batch["hist_items"]), self.embedding(batch["hist_ratings"]),
+                                       mask)
         interest = self.attention(target, history, mask)
         return self.tower(torch.cat([field_embeds.flatten(1), interest], dim=1))
 

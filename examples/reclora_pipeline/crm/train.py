@@ -24,6 +24,7 @@ from .base import CrmModel
 from .inputs import CrmSchema, FeatureTensors, check_features
 from .registry import build_crm
 
+
 logger = logging.getLogger(__name__)
 LOG_EVERY = 10  # training steps between loss reports (progress bar and trackers)
 

@@ -10,6 +10,7 @@
 
 from ..lazy import lazy_exports
 
+
 # name -> (reader module, reader function, schema): the one list of datasets (readers are imported when used)
 DATASET_READERS = {
     "ml-100k": (".movielens", "read_ml100k", "ML_100K"),

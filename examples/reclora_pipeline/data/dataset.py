@@ -18,6 +18,7 @@ import pandas as pd
 from .history import Histories, history_ends, recent_rows
 from .raw import DatasetSpec
 
+
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
 ARRAYS = ("user_index", "item_index", "rating", "timestamp", "sample_id", "split_code")
@@ -124,15 +125,18 @@ class RecDataset:
             raise TypeError(f"sample ids must be integers, got {ids.dtype}")
         bad = (ids < 0) | (ids >= self.num_samples)
         if bad.any():
-            raise KeyError(f"sample_id {int(ids[bad][0])} is not in dataset {self.name!r} ({self.num_samples} samples)")
+            raise KeyError(f"sample_id {int(ids[bad][0])} is not in dataset {self.name!r} "
+                           f"({self.num_samples} samples)")
         return self.sample_rows[ids.astype(np.int64)]
 
     # -- tables ------------------------------------------------------------------------------------------------------
     def _user_ids(self, rows) -> pd.Categorical:
-        return pd.Categorical.from_codes(self.user_index[rows], categories=pd.Index(self.users["user_id"], dtype=object))
+        return pd.Categorical.from_codes(self.user_index[rows],
+                                         categories=pd.Index(self.users["user_id"], dtype=object))
 
     def _item_ids(self, rows) -> pd.Categorical:
-        return pd.Categorical.from_codes(self.item_index[rows], categories=pd.Index(self.items["item_id"], dtype=object))
+        return pd.Categorical.from_codes(self.item_index[rows],
+                                         categories=pd.Index(self.items["item_id"], dtype=object))
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -207,7 +211,7 @@ class RecDataset:
         start, end = self.history_bounds(sample_ids)
         return recent_rows(start, end, k)
 
-    # -- identity, stats, files ----------------------------------------------------------------------------------------
+    # -- identity, stats, files ---------------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
         """sha256 of the interaction arrays and the id tables: results computed on one dataset check it on load."""
@@ -266,8 +270,8 @@ class RecDataset:
         """Write the dataset into ``directory`` (no pickle anywhere).
 
         ``interactions.npz`` (the arrays), ``users.csv``, ``items.csv``, ``dataset.json`` (schema, options,
-        fingerprint) and ``stats.json`` are what :meth:`load` reads. ``train.csv`` / ``valid.csv`` / ``test.csv`` (one row
-        per sample: sample_id, user_id, item_id, timestamp, rating, label) are written for people and other tools.
+        fingerprint) and ``stats.json`` are what :meth:`load` reads. ``train.csv`` / ``valid.csv`` / ``test.csv`` (one
+        row per sample: sample_id, user_id, item_id, timestamp, rating, label) are written for people and other tools.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -290,7 +294,8 @@ class RecDataset:
         directory = Path(directory)
         meta_path = directory / "dataset.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no processed dataset (no dataset.json); run the data stage first")
+            raise FileNotFoundError(f"{directory} holds no processed dataset (no dataset.json); "
+                                    "run the data stage first")
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
@@ -308,7 +313,8 @@ class RecDataset:
             **data,
         )
         if dataset.fingerprint != meta["fingerprint"]:
-            raise ValueError(f"{directory}: the files do not match the fingerprint in dataset.json (changed or mixed up)")
+            raise ValueError(f"{directory}: the files do not match the fingerprint in dataset.json "
+                             "(changed or mixed up)")
         return dataset
 
 

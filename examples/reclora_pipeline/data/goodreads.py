@@ -23,6 +23,7 @@ from .parsing import DEFAULT_CHUNK_ROWS, IdEncoder, iter_json_lines
 from .raw import DatasetSpec, RawData, rating_is_valid
 from .validation import DataFormatError, ReadReport
 
+
 UNKNOWN = "unknown"
 # The fields of a book record read as ids or text: each is a string (or null) in the dump.
 BOOK_TEXT_FIELDS = ("book_id", "title", "title_without_series", "publication_year", "publisher", "language_code",
@@ -94,7 +95,8 @@ def read_goodreads(
     source: Path, report: ReadReport, chunk_rows: int = DEFAULT_CHUNK_ROWS, time_field: str = "date_updated"
 ) -> RawData:
     if source is None:
-        raise FileNotFoundError("goodreads has no embedded copy: pass the folder of the UCSD Book Graph files as source")
+        raise FileNotFoundError("goodreads has no embedded copy: "
+                                "pass the folder of the UCSD Book Graph files as source")
     if time_field not in TIME_FIELDS:
         raise ValueError(f"time_field must be one of {TIME_FIELDS}, got {time_field!r}")
     folder = Path(source)

@@ -20,6 +20,7 @@ from .parsing import DEFAULT_CHUNK_ROWS, IdEncoder, iter_delimited, to_number
 from .raw import DatasetSpec, RawData, rating_is_valid
 from .validation import DataFormatError, ReadReport
 
+
 UNKNOWN = "unknown"
 
 _MOVIE_USER_FIELDS = ("user_id", "gender", "age", "occupation", "zip_code")
@@ -109,7 +110,8 @@ def read_ratings(
 ) -> pd.DataFrame:
     """Read ``user, item, rating, timestamp`` rows; rejects rows with empty ids, bad numbers or off-scale ratings."""
     parts = []
-    for chunk in iter_delimited(path, sep=sep, n_fields=4, report=report, encoding=encoding, header=header, chunk_rows=chunk_rows):
+    for chunk in iter_delimited(path, sep=sep, n_fields=4, report=report, encoding=encoding, header=header,
+                                chunk_rows=chunk_rows):
         user_raw, item_raw, rating_raw, time_raw = chunk.columns
         user = pd.Series(user_raw, dtype=object).str.strip()
         item = pd.Series(item_raw, dtype=object).str.strip()
@@ -271,7 +273,8 @@ def _read_ml100k_recbole(folder: Path, report: ReadReport, source: str, chunk_ro
     )
     item_path = folder / "ml-100k.item"
     table, lines = _read_table(item_path, sep="\t", n_fields=4, report=report, id_name="item id",
-                               header=("item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"))
+                               header=("item_id:token", "movie_title:token_seq", "release_year:token",
+                                       "class:token_seq"))
     titles, years = _movie_titles(table["c1"].tolist(), table["c2"].tolist(), report, item_path, lines,
                                   append_year=True, ids=table["c0"].tolist())
     genres, genre = _genres([value.split() for value in table["c3"]], report, item_path, lines, table["c0"].tolist())
@@ -279,7 +282,8 @@ def _read_ml100k_recbole(folder: Path, report: ReadReport, source: str, chunk_ro
 
     user_path = folder / "ml-100k.user"
     table, lines = _read_table(user_path, sep="\t", n_fields=5, report=report, id_name="user id",
-                               header=("user_id:token", "age:token", "gender:token", "occupation:token", "zip_code:token"))
+                               header=("user_id:token", "age:token", "gender:token", "occupation:token",
+                                       "zip_code:token"))
     users = _ml100k_users(table, report, user_path, lines)
     return RawData(ML_100K, source, interactions, users_enc.ids, items_enc.ids, users, items, inter, report,
                    files={"interactions": str(inter), "items": str(item_path), "users": str(user_path)})
@@ -317,7 +321,8 @@ def _read_ml100k_grouplens(folder: Path, report: ReadReport, chunk_rows: int) ->
     raw_titles = table["c1"].tolist()
     title_years = [year_in_title(title) for title in raw_titles]
     years = [a or b for a, b in zip(title_years, release_years)]
-    titles, years = _movie_titles(raw_titles, years, report, item_path, lines, append_year=False, ids=table["c0"].tolist())
+    titles, years = _movie_titles(raw_titles, years, report, item_path, lines, append_year=False,
+                                  ids=table["c0"].tolist())
     flags = table[[f"c{5 + j}" for j in range(len(ML100K_GENRES))]].to_numpy()
     bad_flags = ~np.isin(flags, ("0", "1")).all(axis=1)
     for row in np.flatnonzero(bad_flags):
@@ -348,7 +353,8 @@ def read_ml1m(source: Path, report: ReadReport, chunk_rows: int = DEFAULT_CHUNK_
     raw_titles = table["c1"].tolist()
     titles, years = _movie_titles(raw_titles, [year_in_title(t) for t in raw_titles], report, item_path, lines,
                                   append_year=False, ids=table["c0"].tolist())
-    genres, genre = _genres([value.split("|") for value in table["c2"]], report, item_path, lines, table["c0"].tolist())
+    genres, genre = _genres([value.split("|") for value in table["c2"]], report, item_path, lines,
+                            table["c0"].tolist())
     items = pd.DataFrame({"item_id": table["c0"], "title": titles, "year": years, "genres": genres, "genre": genre})
 
     user_path = folder / "users.dat"
@@ -397,7 +403,8 @@ def read_ml25m(source: Path, report: ReadReport, chunk_rows: int = DEFAULT_CHUNK
     raw_titles = table["c1"].tolist()
     titles, years = _movie_titles(raw_titles, [year_in_title(t) for t in raw_titles], report, item_path, lines,
                                   append_year=False, ids=table["c0"].tolist())
-    genres, genre = _genres([value.split("|") for value in table["c2"]], report, item_path, lines, table["c0"].tolist())
+    genres, genre = _genres([value.split("|") for value in table["c2"]], report, item_path, lines,
+                            table["c0"].tolist())
     items = pd.DataFrame({"item_id": table["c0"], "title": titles, "year": years, "genres": genres, "genre": genre})
     users = _users_from_interactions(users_enc.ids)
     return RawData(ML_25M, str(folder), interactions, users_enc.ids, items_enc.ids, users, items, inter, report,

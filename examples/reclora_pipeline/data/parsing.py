@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .validation import DataFormatError, ReadReport
 
+
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
@@ -121,7 +122,8 @@ def iter_delimited(
     with open_binary(path, report.progress) as handle:
         lines = _decoded_lines(handle, encoding, bad_lines)
         if len(sep) == 1:
-            reader = csv.reader(lines, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=False)
+            reader = csv.reader(lines, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+                                strict=False)
 
             def rows():
                 previous = 0
@@ -168,9 +170,8 @@ def iter_delimited(
                 report.reject(path, first, f"not valid {encoding} text", sep.join(fields))
                 continue
             if len(fields) != n_fields:
-                report.reject(
-                    path, first, f"expected {n_fields} fields separated by {sep!r}, got {len(fields)}", sep.join(fields)
-                )
+                report.reject(path, first, f"expected {n_fields} fields separated by {sep!r}, got {len(fields)}",
+                              sep.join(fields))
                 continue
             for column, value in zip(columns, fields):
                 column.append(value)
@@ -180,7 +181,8 @@ def iter_delimited(
                 columns = [[] for _ in range(n_fields)]
                 numbers = []
         if expect_header:
-            raise DataFormatError(f"{path}: the file is empty (expected the header {sep.join(header)!r})", path=path, line=1)
+            raise DataFormatError(f"{path}: the file is empty (expected the header {sep.join(header)!r})", path=path,
+                                  line=1)
         if numbers:
             yield Chunk(columns, np.asarray(numbers, dtype=np.int64))
     report.count_rows(path, rows_total)
@@ -203,7 +205,8 @@ def iter_json_lines(
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                report.reject(path, number, f"not valid JSON ({error.__class__.__name__})", raw.decode("utf-8", "replace"))
+                report.reject(path, number, f"not valid JSON ({error.__class__.__name__})",
+                              raw.decode("utf-8", "replace"))
                 continue
             except RecursionError:
                 report.reject(path, number, "JSON nested too deeply", raw[:200].decode("utf-8", "replace"))

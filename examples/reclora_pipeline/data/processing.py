@@ -32,6 +32,7 @@ from .history import history_ends
 from .raw import RawData
 from .validation import ReadReport
 
+
 SPLITS = ("train", "valid", "test")
 DEFAULT_CORE = 5
 DEFAULT_MIN_HISTORY = 5

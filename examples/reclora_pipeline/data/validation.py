@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+
 DEFAULT_MAX_BAD_FRACTION = 0.01
 MAX_EXAMPLES = 5
 MAX_EXAMPLE_CHARS = 200
@@ -89,7 +90,8 @@ class ReadReport:
         self.unknown[what] += int(count)
         self._example(f"unknown:{what}", Path(file).name, line, what, text)
 
-    def filter(self, what: str, count: int, file: Optional[Union[str, Path]] = None, line: int = 0, text: str = "") -> None:
+    def filter(self, what: str, count: int, file: Optional[Union[str, Path]] = None, line: int = 0,
+               text: str = "") -> None:
         if count <= 0:
             return
         self.filtered[what] += int(count)

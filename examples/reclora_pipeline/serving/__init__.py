@@ -9,6 +9,7 @@ views, the recommender itself and its publication on the Hub.
 
 from ..lazy import lazy_exports
 
+
 _EXPORTS = {
     "PushResult": ".publish", "model_card": ".publish", "push_recommender": ".publish",
     "RecLoraRecommender": ".recommender", "RecommenderParts": ".recommender",

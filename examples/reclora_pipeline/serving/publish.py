@@ -22,6 +22,7 @@ from huggingface_hub import HfApi, ModelCardData
 from ..llm import EMBEDDED_HUB_ID, GEMMA3_HUB_ID, is_embedded, is_gemma3, is_gguf_path
 from ..provenance import provenance_lines
 
+
 CARD_TAGS = ["reclora", "recommendation", "peft"]
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 from ..config import DTYPES, RunConfig
 from ..scoring import AnswerTokens
 
+
 FORMAT = "reclora-recommender"
 FORMAT_VERSION = 3  # 3: the lineage names the base model by content and covers adapter_config.json
 
@@ -54,7 +55,8 @@ def _type_problem(value, hint) -> Optional[str]:
 
 def _trained_dtype(value, where: str) -> str:
     if value not in DTYPES:
-        raise ValueError(f"recommender config: {where} trained_dtype must be one of {', '.join(DTYPES)}, got {value!r}")
+        raise ValueError(f"recommender config: {where} trained_dtype must be one of {', '.join(DTYPES)}, "
+                         f"got {value!r}")
     return value
 
 

@@ -177,7 +177,8 @@ def _as_request(raw, index: int) -> Request:
             raise ValueError(f"request {index}: {missing[0]!r} is missing")
         unknown = sorted(set(raw) - {"user_id", "item_id", "history", "profile"})
         if unknown:
-            raise ValueError(f"request {index}: unknown fields {unknown} (expected user_id, item_id, history, profile)")
+            raise ValueError(f"request {index}: unknown fields {unknown} "
+                             "(expected user_id, item_id, history, profile)")
         request = Request(raw["user_id"], raw["item_id"], raw.get("history") or (), raw.get("profile"))
     else:
         raise ValueError(f"request {index}: expected a dict or a Request, got {type(raw).__name__}")

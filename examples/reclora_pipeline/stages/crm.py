@@ -22,6 +22,7 @@ from ..retriever import RetrievalResult
 from ..views import build_ctr_features
 from . import Runtime, device_kind
 
+
 VERSION = 1
 RC_VERSION = 1
 RC_FILE = "rc.safetensors"

@@ -14,6 +14,7 @@ from ..config import DataConfig
 from ..data import RecDataset, embedded_ml100k_dir, load_dataset
 from . import Runtime
 
+
 VERSION = 1
 
 

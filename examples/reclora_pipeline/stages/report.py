@@ -38,6 +38,7 @@ from ..plots import plot_auc_vs_num_meta_loras, plot_gate_usage, plot_model_comp
 from ..provenance import run_provenance
 from ..sampling import save_index_file
 
+
 PREDICTION_COLUMNS = ("user_id", "item_id", "timestamp", "label", "score")
 PREVIOUS_NAME = "results_previous.json"
 WRITTEN_NAME = ".report_files.json"  # the predictions and plots the report wrote (relative paths)
@@ -66,7 +67,8 @@ class RunResult(Mapping):
 def run(folder: RunFolder, config: RunConfig, plan, scores: dict, adapters: dict, dataset: RecDataset,
         seconds: float, shuffled: Optional[dict] = None) -> RunResult:
     """``scores``: name -> ``Scores``, in table order; ``adapters``: name -> ``TunedAdapter`` of the tuned models;
-    ``shuffled``: name -> ``Scores`` of a model scored with R_c shuffled across the samples (``eval.shuffled_gate``)."""
+    ``shuffled``: name -> ``Scores`` of a model scored with R_c shuffled across the samples
+    (``eval.shuffled_gate``)."""
     _check_same_samples({**scores, **{f"{name} (shuffled R_c)": s for name, s in (shuffled or {}).items()}})
     first = next(iter(scores.values()))
     labels = dataset.label[dataset.rows_for(first.sample_ids)]
@@ -186,7 +188,8 @@ def markdown(models: dict, seed: int = 0) -> str:
         lines.append(f"| {name} | {entry['kind']} | {auc} | {loss} | {impr} | {delta} | {p_value} | {entry['n']} |")
     lines.append("")
     lines.append(STATISTICS_NOTE.format(seed=seed))
-    verdicts = [uncertainty.verdict(entry["vs_reference"]["auc"]) for entry in models.values() if "vs_reference" in entry]
+    verdicts = [uncertainty.verdict(entry["vs_reference"]["auc"]) for entry in models.values()
+                if "vs_reference" in entry]
     if verdicts:
         lines.append("")
         lines.extend(f"- {text}" for text in verdicts)
@@ -202,8 +205,9 @@ def markdown(models: dict, seed: int = 0) -> str:
             if "shuffled_rc_auc" in block:
                 drop = block["drop_when_shuffled"]
                 parts.append(f"AUC with R_c shuffled across samples "
-                             f"{uncertainty.format_interval(block['shuffled_rc_auc'])} (drop {drop['difference']:+.4f} "
-                             f"[{drop['low']:+.4f}, {drop['high']:+.4f}], p {uncertainty.format_p(drop['p_value'])})")
+                             f"{uncertainty.format_interval(block['shuffled_rc_auc'])} "
+                             f"(drop {drop['difference']:+.4f} [{drop['low']:+.4f}, {drop['high']:+.4f}], "
+                             f"p {uncertainty.format_p(drop['p_value'])})")
             lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -234,7 +238,8 @@ def write_predictions(directory: Path, rows, scores: dict, written: Optional["_R
                 writer.writerow([user_id, item_id, int(timestamp), int(label), f"{score:.6f}"])
 
 
-def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores: dict, written: "_ReportFiles") -> None:
+def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores: dict,
+                 written: "_ReportFiles") -> None:
     def keep(path: Path) -> Path:  # listed before it is written
         written.will_write([path])
         return path
@@ -246,12 +251,14 @@ def _write_plots(directory: Path, config: RunConfig, plan, models: dict, scores:
         plot_model_comparison(main, keep(directory / "model_comparison.png"))
 
     def plain(method) -> bool:  # the run's own histories and few-shot size
-        return (method.short_mode(config) == config.retrieval.mode and method.few_shot_size(config) == config.tune.few_shot
+        return (method.short_mode(config) == config.retrieval.mode
+                and method.few_shot_size(config) == config.tune.few_shot
                 and (not method.needs_crm or method.long_mode(config) == config.retrieval.mode))
 
     def point(x, entry: dict, key: str = "auc_ci") -> tuple:
         interval = entry[key]
-        return x, interval["estimate"], (interval["estimate"] - interval["low"], interval["high"] - interval["estimate"])
+        return x, interval["estimate"], (interval["estimate"] - interval["low"],
+                                         interval["high"] - interval["estimate"])
 
     points = [point(by_name[n].num_meta_loras(config), models[n]) for n in models
               if type(by_name.get(n)) is RecLora and plain(by_name[n])]

@@ -8,6 +8,7 @@
 
 from ..lazy import lazy_exports
 
+
 _EXPORTS = {
     "FieldVocabulary": ".ctr", "build_ctr_features": ".ctr", "ctr_features": ".ctr",
     "PROMPT_STYLES": ".prompts", "PROMPT_TEMPLATES": ".prompts", "PromptFormatter": ".prompts",

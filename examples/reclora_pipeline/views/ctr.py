@@ -18,6 +18,7 @@ from ..data.features import CTRFeatures
 from ..data.processing import natural_order
 from .samples import SampleView
 
+
 if TYPE_CHECKING:
     from ..data.dataset import RecDataset
 
@@ -45,7 +46,8 @@ class FieldVocabulary:
         for table, fields in ((dataset.users, spec.user_fields), (dataset.items, spec.item_fields)):
             for name in fields:
                 if name not in table.columns:
-                    raise ValueError(f"{dataset.name}: field {name!r} is missing from the {'users' if table is dataset.users else 'items'} table")
+                    raise ValueError(f"{dataset.name}: field {name!r} is missing from the "
+                                     f"{'users' if table is dataset.users else 'items'} table")
                 unique = list(dict.fromkeys(table[name].tolist()))
                 unique = [unique[i] for i in natural_order(unique)]
                 names.append(name)
@@ -123,7 +125,8 @@ class FieldVocabulary:
         ratings = [float(value) for value in data["rating_values"]]
         if not ratings or ratings != sorted(set(ratings)):
             raise ValueError(f"vocabulary: rating_values must be distinct and ascending, got {ratings}")
-        vocabulary = cls(field_names=names, values=values, offsets=offsets, rating_values=ratings, rating_offset=cursor)
+        vocabulary = cls(field_names=names, values=values, offsets=offsets, rating_values=ratings,
+                         rating_offset=cursor)
         if "vocab_size" in data and int(data["vocab_size"]) != vocabulary.vocab_size:
             raise ValueError(f"vocabulary: vocab_size says {data['vocab_size']}, but the values give "
                              f"{vocabulary.vocab_size}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Optional, Sequence
 
+
 if TYPE_CHECKING:
     from ..config import PromptConfig
     from ..data.raw import DatasetSpec
@@ -197,7 +198,8 @@ def prompt_token_ids(spec: "DatasetSpec", records: Sequence["TextRecord"], forma
             bare = encode([_with_newest_history(record, 0) for record in records])
             raise ValueError(f"prompt.max_tokens={max_tokens} cannot hold the prompt of sample {record.sample_id} "
                              f"even without its history ({len(token_ids[position])} tokens): the question and the "
-                             f"answer cue must stay; set prompt.max_tokens to at least {max(map(len, bare))} (or none)")
+                             f"answer cue must stay; set prompt.max_tokens to at least {max(map(len, bare))} "
+                             "(or none)")
     return token_ids
 
 

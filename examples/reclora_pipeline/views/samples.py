@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import pandas as pd
 
+
 if TYPE_CHECKING:
     from ..data.dataset import RecDataset
     from ..data.raw import DatasetSpec

@@ -14,6 +14,7 @@ import numpy as np
 
 from .samples import SampleView
 
+
 if TYPE_CHECKING:
     from ..data.dataset import RecDataset
 
