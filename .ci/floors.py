@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+
 config = configparser.ConfigParser()
 config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
 declared = {}

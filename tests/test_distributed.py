@@ -16,6 +16,7 @@ from reclora_pipeline.pipeline import run_pipeline
 
 from support.pipeline_runs import fast_config, table
 
+
 # DDP averages the two processes' gradients of half batches, which equals the one-process gradient of the whole batch
 # up to float32 summation order, and a sharded scoring batch pads its prompts to another length: scores agree to
 # about 1e-6.

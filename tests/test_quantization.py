@@ -5,6 +5,7 @@ import torch
 
 from reclora_pipeline import llm
 
+
 bnb = pytest.importorskip("bitsandbytes")
 
 
@@ -66,8 +67,9 @@ def test_quantization_config_names():
 
 @pytest.mark.parametrize("quantization, layer_class", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
 def test_quantized_tiny_base_loads_and_trains_reclora_on_cpu(quantizable_base_model, quantization, layer_class):
-    import peft_reclora
     from peft import get_peft_model, prepare_model_for_kbit_training
+
+    import peft_reclora
 
     base = llm.load_base_model(quantizable_base_model, dtype=torch.float32, quantization=quantization)
     assert llm.is_quantized(base)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reclora_pipeline.artifacts import RunFolder
+from reclora_pipeline.artifacts import RunFolder, write_json_atomically
 from reclora_pipeline.pipeline import run_pipeline
 from reclora_pipeline.plan import plan_run
 from reclora_pipeline.serving import RecLoraRecommender, RecommenderRecord, Request
@@ -578,6 +578,6 @@ def test_only_reclora_models_of_finished_runs_are_published(tiny_run, tmp_path):
     unfinished = tmp_path / "unfinished"  # a run that started with other settings and did not finish
     unfinished.mkdir()
     shutil.copyfile(tiny_run.root / "results.json", unfinished / "results.json")
-    tiny_run.config.override({"tune.few_shot": 17}).write(unfinished / "config.json")
+    write_json_atomically(unfinished / "config.json", tiny_run.config.override({"tune.few_shot": 17}).to_dict())
     with pytest.raises(ValueError, match="did not finish"):
         RecLoraRecommender.from_run(unfinished)

@@ -16,6 +16,7 @@ from reclora_pipeline.methods import METHODS, LoraSameParams, RecLora, _lora_con
 from reclora_pipeline.plan import plan_run
 from reclora_pipeline.validation import validate
 
+
 TRAINING_KEYS = {"max_grad_norm": 0.5, "lr_scheduler_type": "cosine", "weight_decay": 0.01, "optim": "sgd"}
 ADAPTER_KEYS = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj"], "num_meta_loras": 8,
                 "gate_hidden_dim": 30, "temperature": 2.0, "gate_dropout": 0.1, "gate_sharing": "per_module",

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
 from .config_tree import KeyFlag, Leaf, Section, build, leaves_of, merge, nested, read_tree_file, section, setting
 
+
 CONFIG_FILE_NAME = "config.json"
 # Seeds reach numpy, whose generators take 0 <= seed < 2**32 (torch and Python take more).
 SEED_RANGE = (0, 2**32 - 1)

@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAMES = ("embedded", "smollm2-135m", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")

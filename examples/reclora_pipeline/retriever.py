@@ -44,6 +44,7 @@ from .llm import cache_root, load_base_model, load_tokenizer
 from .model_identity import base_model_identity
 from .views.text import item_texts
 
+
 ITEM_VECTORS_NAME = "item_vectors.safetensors"
 
 logger = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from .scoring import AnswerTokens, left_pad
 from .stages import Runtime
 from .tracking import tracker_names
 
+
 logger = logging.getLogger(__name__)
 
 # "vocab": cross-entropy of the answer token over the whole vocabulary (the language-modelling loss of TALLRec, ReLLa

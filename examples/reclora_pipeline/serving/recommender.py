@@ -36,10 +36,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import peft_reclora
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+import peft_reclora
 
 from ..artifacts import RunFolder, read_json, sha256_of_file, write_json_atomically
 from ..config import RunConfig
@@ -59,9 +60,15 @@ from ..trainer import ADAPTER_DIR, adapter_weights_file
 from ..views import FieldVocabulary, PromptFormatter, SampleView, ctr_features, prompt_token_ids, text_records
 from .publish import model_card, public_model_id, push_recommender
 from .records import (
-    AnswerTokenRecord, DatasetSummary, Lineage, ModelRecord, RecommenderRecord, RetrieverSummary,
+    AnswerTokenRecord,
+    DatasetSummary,
+    Lineage,
+    ModelRecord,
+    RecommenderRecord,
+    RetrieverSummary,
 )
 from .requests import Catalog, Request
+
 
 RECOMMENDER_CONFIG_NAME = "recommender.json"
 VOCABULARY_NAME = "vocabulary.json"

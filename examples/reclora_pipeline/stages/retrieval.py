@@ -17,6 +17,7 @@ from ..data import RecDataset
 from ..retriever import RetrievalResult, retrieve
 from . import LlmInputs, Runtime
 
+
 VERSION = 1
 
 

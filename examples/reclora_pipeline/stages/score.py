@@ -28,6 +28,7 @@ from ..trainer import adapter_weights_file
 from ..views import FieldVocabulary, PromptFormatter, SampleView, ctr_features, prompt_token_ids, text_records
 from . import LlmInputs, Runtime, device_kind
 
+
 VERSION = 1
 SAMPLES_FILE = "eval_samples.json"
 SCORES_FILE = "scores.npy"

@@ -27,11 +27,19 @@ from ..retriever import RetrievalResult
 from ..sampling import load_index_file, save_index_file, seeded_sample
 from ..scoring import AnswerTokens
 from ..trainer import (
-    ADAPTER_DIR, AdapterTraining, AnswerTokenDataset, build_peft_model, discard_checkpoints, last_checkpoint,
-    seed_everything, train_adapter, training_default,
+    ADAPTER_DIR,
+    AdapterTraining,
+    AnswerTokenDataset,
+    build_peft_model,
+    discard_checkpoints,
+    last_checkpoint,
+    seed_everything,
+    train_adapter,
+    training_default,
 )
 from ..views import PromptFormatter, SampleView, prompt_token_ids, text_records
 from . import LlmInputs, Runtime, device_kind
+
 
 VERSION = 1
 FEW_SHOT_FILE = "few_shot.json"
