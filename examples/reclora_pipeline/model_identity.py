@@ -14,19 +14,16 @@ modification time (``file_digests.json`` in the cache root) and a rerun on uncha
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import threading
 from pathlib import Path
 from typing import Optional
+
+from .cache import file_sha256
+from .llm import gguf_file
 
 
 # The files of a model folder that decide what the model computes: weights, tokenizer and configs. A model card, a
 # licence or a hidden cache folder beside them does not.
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken")
-DIGEST_CACHE_NAME = "file_digests.json"
-_lock = threading.Lock()
-_memory: dict = {}
 
 
 class UnknownBaseModel(ValueError):
@@ -35,8 +32,6 @@ class UnknownBaseModel(ValueError):
 
 def base_model_identity(name_or_path: Optional[str]) -> str:
     """The content identity of a base model name as the pipeline loads it (see the module docstring)."""
-    from .llm import gguf_file
-
     try:
         gguf = gguf_file(name_or_path)
     except FileNotFoundError as error:
@@ -85,52 +80,3 @@ def hub_identity(repo_id: str) -> str:
         raise UnknownBaseModel(f"llm.base_model: {repo_id!r} is not a local folder, and as a Hub id it can neither be "
                                f"resolved online nor found in the local Hub cache ({type(error).__name__})") from None
     return f"hub:{repo_id}@{snapshot.name}"
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, computed once per (real path, size, mtime) and kept in the cache root."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    key = str(path)
-    with _lock:
-        known = _memory.get(key)
-        if known is None:
-            known = _read_cache().get(key)
-        if known is not None and known[:2] == stamp:
-            _memory[key] = known
-            return known[2]
-    from .artifacts import sha256_of_file
-
-    value = sha256_of_file(path)
-    with _lock:
-        _memory[key] = stamp + [value]
-        _write_cache(key, stamp + [value])
-    return value
-
-
-def _cache_path() -> Path:
-    from .llm import cache_root
-
-    return cache_root() / DIGEST_CACHE_NAME
-
-
-def _read_cache() -> dict:
-    try:
-        data = json.loads(_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(key: str, entry: list) -> None:
-    """Add one entry (and drop those of files that are gone); the cache is only a shortcut, so a write that fails
-    (read-only cache) is left out silently."""
-    from .artifacts import write_json_atomically
-
-    try:
-        data = {path: known for path, known in _read_cache().items() if os.path.exists(path)}
-        data[key] = entry
-        write_json_atomically(_cache_path(), data)
-    except OSError:
-        pass
