@@ -41,7 +41,7 @@ def test_the_pipelines_loader_names_the_import(saved_adapter, unregistered):
 
 
 def test_the_cli_prints_the_import_hint(saved_adapter, unregistered, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "run_run", lambda args: load_adapter(make_tiny_llama(), saved_adapter))
+    monkeypatch.setattr(cli, "run_every_stage", lambda args: load_adapter(make_tiny_llama(), saved_adapter))
     assert cli.main(["run", "--out", str(tmp_path / "run")]) == 2
     assert "`import peft_reclora`" in capsys.readouterr().err
 
