@@ -112,7 +112,8 @@ class LlmConfig(Section):
                               "'gemma3-270m' (Gemma 3 270M from the optional 'gemma' extra; Gemma Terms of Use, "
                               "https://ai.google.dev/gemma/terms), a local .gguf file, a Hub id or a local folder",
                               stages=("retrieval", "tune", "score"), flag="--base-model")
-    dtype: Optional[str] = setting(None, "weights of the LLM (none: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES,
+    dtype: Optional[str] = setting(None, "weights of the LLM, the compute dtype of a quantized one (none: float32 on "
+                                   "CPU, bfloat16 on CUDA)", choices=DTYPES,
                                    stages=("retrieval", "tune", "score"), flag="--dtype")
     quantization: str = setting("none", "bitsandbytes quantization of the base wherever it loads (tuning, scoring, "
                                 "item encoding, the published recommender): 'none', '8bit' (the paper's) or '4bit' "
