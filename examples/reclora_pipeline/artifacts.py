@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from .config_tree import canonical
+from .distributed import Processes
 
 
 STAGES_DIR = "stages"
@@ -239,8 +240,6 @@ class RunFolder:
     processes: Any = None
 
     def __post_init__(self):
-        from .distributed import Processes
-
         self.root = Path(self.root)
         self.processes = self.processes or Processes()
         if not self.processes.main:

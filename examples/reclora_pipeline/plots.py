@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .artifacts import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -121,8 +123,6 @@ def plot_gate_usage(alpha: np.ndarray, path: Path, title: str = "Gate usage per 
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from .artifacts import atomic_path
 
     with atomic_path(path) as staging:
         fig.savefig(staging, dpi=120, format="png")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .artifacts import sha256_of_file
+from .stages.data import source_folder, source_stamp
 
 
 # Distributions whose versions a run records (by their PyPI names), besides Python and peft-reclora.
@@ -44,8 +45,6 @@ def dataset_files(folder: Path, stamp: list) -> list:
 
 def run_provenance(data_config) -> dict:
     """``{"versions": ..., "dataset_files": ...}`` of a run whose data settings are ``data_config``."""
-    from .stages.data import source_folder, source_stamp
-
     return {"versions": package_versions(),
             "dataset_files": dataset_files(source_folder(data_config), source_stamp(data_config))}
 
