@@ -239,6 +239,7 @@ def load_base_model(
     dtype: Optional[torch.dtype] = None,
     quantization: Optional[str] = None,
     device_map=None,
+    device=None,
 ):
     """Load a causal LM for RecLoRA.
 
@@ -250,6 +251,8 @@ def load_base_model(
         quantization: ``None``/``"none"``, ``"8bit"`` or ``"4bit"`` (bitsandbytes; the paper used 8-bit). A quantized
             base loads onto this process's device (:func:`process_device`) unless ``device_map`` says otherwise.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).
+        device: where the model goes: an unquantized one is moved there, a quantized one loaded there (its weights
+            cannot move afterwards); None leaves an unquantized model on the CPU.
     """
     from transformers import AutoModelForCausalLM
 
@@ -261,10 +264,11 @@ def load_base_model(
     if bnb_config is not None:
         kwargs["quantization_config"] = bnb_config
         if device_map is None:
-            device_map = {"": process_device()}
+            device_map = {"": str(device) if device is not None else process_device()}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.to(device) if device is not None and bnb_config is None and device_map is None else model
 
 
 def resolve_dtype(name: Optional[str]) -> torch.dtype:

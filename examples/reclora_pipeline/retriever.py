@@ -209,9 +209,8 @@ def encode_items(
     item_ids = dataset.items["item_id"].tolist()
     loaded_by_name = model is None
     if model is None:
-        quantized = quantization not in (None, "none")
         model = load_base_model(encoder, dtype=getattr(torch, dtype) if dtype else None, quantization=quantization,
-                                device_map={"": str(device)} if quantized and device is not None else None)
+                                device=device)
     if tokenizer is None:
         tokenizer = load_tokenizer(encoder)
     model_id = model_fingerprint(model, encoder if loaded_by_name else None, quantization)

@@ -235,12 +235,9 @@ class RecLoraRecommender:
         adapter_weights_file(self.adapter_dir)  # before the base LLM is loaded
         dtype = self.dtype or self.record.trained_dtype
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        quantization = self.record.config.llm.quantization  # loaded as it was tuned and scored
-        if quantization == "none":
-            base = load_base_model(self.base_model, dtype=dtype).to(self.device)
-        else:
-            base = load_base_model(self.base_model, dtype=dtype, quantization=quantization,
-                                   device_map={"": str(self.device)})
+        # quantized (or not) as it was tuned and scored
+        base = load_base_model(self.base_model, dtype=dtype, quantization=self.record.config.llm.quantization,
+                               device=self.device)
         base.config.pad_token_id = tokenizer.pad_token_id  # as the pipeline scores
         model = load_adapter(base, self.adapter_dir)
         self.tokenizer, self.formatter, self.answers, self.model = tokenizer, formatter, answers, model

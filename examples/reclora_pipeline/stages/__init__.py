@@ -83,10 +83,7 @@ class LlmInputs(StageInputs):
     def load(self, device: str):
         """The base LLM on ``device``: an unquantized base is moved there, a quantized one is loaded there
         (bitsandbytes weights cannot move after loading), so each process of a multi-GPU run holds its own copy."""
-        if self.quantization is None:
-            return load_base_model(self.base_model, dtype=self.torch_dtype).to(device)
-        return load_base_model(self.base_model, dtype=self.torch_dtype, quantization=self.quantization,
-                               device_map={"": str(device)})
+        return load_base_model(self.base_model, dtype=self.torch_dtype, quantization=self.quantization, device=device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
